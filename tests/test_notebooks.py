@@ -1,0 +1,56 @@
+"""Notebook hygiene, and every notebook executed in the cpu profile through the course runner."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(ROOT.glob("[0-9][0-9]_*.ipynb"))
+DESIGN_CARD = ["00_env_setup", "01_eval_data", "02_eval_before", "03_sft_llm", "04_eval_after",
+               "05_sft_vl", "06_grpo", "07_demo"]
+MAX_CELL_LINES = 30  # about a screen
+
+
+def test_the_top_level_follows_the_design_card():
+    assert [nb.stem for nb in NOTEBOOKS] == DESIGN_CARD
+    for name in ("helpers", "data", "tests", "README.md", "pyproject.toml", "Makefile", ".ci/run"):
+        assert (ROOT / name).exists(), name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_hygiene(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in code:
+        assert not cell.outputs and cell.execution_count is None, "commit notebooks with outputs stripped"
+        assert len(cell.source.splitlines()) <= MAX_CELL_LINES, cell.source[:80]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell holds the parameters"
+    assert "PROFILE =" in code[0].source and "RUN_NAME =" in code[0].source
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {path.stem[:2]} ·")
+    assert nb.cells[-1].cell_type == "markdown"
+    assert "medical advice" in nb.cells[0].source  # every notebook carries the disclaimer
+
+
+def test_ruff_is_clean_on_helpers_tests_and_notebooks():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.notebooks
+def test_the_whole_course_runs_in_the_cpu_profile(tmp_path):
+    env = {**os.environ, "COURSE_OUTPUTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "helpers.course", "run", "--profile", "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "cpu" / "summary.json").read_text())
+    assert [r["notebook"] for r in summary] == DESIGN_CARD
+    assert all(r["status"] == "ok" for r in summary)
+    env_metrics = json.loads((tmp_path / "cpu" / "metrics" / "00_env_setup.json").read_text())["metrics"]
+    assert env_metrics["profile"] == "cpu" and env_metrics["backend"] == "transformers"
+    assert env_metrics["smoke_tokens_per_s"] > 0
