@@ -70,7 +70,8 @@ def run_notebook(notebook: Path, executed: Path, parameters: dict, cwd: Path) ->
     try:
         papermill.execute_notebook(
             str(notebook), str(executed / notebook.name), parameters=parameters,
-            cwd=str(cwd), kernel_name="python3", language="python", progress_bar=False, log_output=False, config=config,
+            cwd=str(cwd), kernel_name="python3", language="python", config=config,
+            progress_bar=False, log_output=False,
         )
     except Exception as err:  # papermill wraps the cell's error; report it, keep the executed copy
         return Result(notebook.stem, "failed", time.perf_counter() - began, error=describe_failure(err))

@@ -6,8 +6,14 @@ import torch
 from helpers import CourseError
 from helpers.generation import generate_replies
 from helpers.hub import embedded_model_dir
-from helpers.models import (add_lora, count_parameters, load_adapter, load_text_model, pick_backend,
-                            save_adapter)
+from helpers.models import (
+    add_lora,
+    count_parameters,
+    load_adapter,
+    load_text_model,
+    pick_backend,
+    save_adapter,
+)
 
 EXAMPLE = ("<|im_start|>user\nWhat is the first-line drug for type 2 diabetes?<|im_end|>\n"
            "<|im_start|>assistant\n<think>Type 2 diabetes; first line is metformin.</think>"
