@@ -76,15 +76,21 @@ class CleaningReport:
     masked: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # the first row skipped for each reason
 
+    def eval_row(self) -> dict:
+        """``row`` with every reason an evaluation set can be skipped for, and every identifier kind."""
+        return self.row(EVAL_SKIP_REASONS, tuple(DEIDENTIFY))
+
     def skip(self, reason: str, example: str) -> None:
         self.skipped[reason] += 1
         self.examples.setdefault(reason, example[:120])
 
-    def row(self) -> dict:
-        """One line of the report table."""
-        return {"source": self.source, "origin": self.origin, "read": self.read, "kept": self.kept,
-                **{f"skipped: {k}": v for k, v in sorted(self.skipped.items())},
-                **{f"masked: {k}": v for k, v in sorted(self.masked.items())}}
+    def row(self, reasons: tuple[str, ...] = (), masks: tuple[str, ...] = ()) -> dict:
+        """One line of the report table; ``reasons`` and ``masks`` are shown even when zero."""
+        skipped = {k: self.skipped.get(k, 0) for k in reasons} | dict(self.skipped)
+        masked = {k: self.masked.get(k, 0) for k in masks} | dict(self.masked)
+        return {"source": self.source, "origin": self.origin, "rows read": self.read, "items kept": self.kept,
+                **{f"skipped: {k}": v for k, v in skipped.items()},
+                **{f"masked: {k}": v for k, v in masked.items()}}
 
 
 # De-identification: what a record must never carry into a model or a plot. Each pattern is

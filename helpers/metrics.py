@@ -379,3 +379,23 @@ def changed_answers(before: Sequence[dict], after: Sequence[dict]) -> dict[str, 
     fixed = [r["id"] for r in after if r["id"] in was and r["correct"] and not was[r["id"]]]
     broken = [r["id"] for r in after if r["id"] in was and not r["correct"] and was[r["id"]]]
     return {"fixed": fixed, "broken": broken}
+
+
+def summarise(mcq: dict, open_answers: dict | None = None, truncated: float | None = None) -> dict:
+    """The key numbers of ``score_mcq`` (and ``score_open``) as one flat dict, for the run's metrics."""
+    overall = mcq["overall"]
+    flat: dict = {"mcq_acc": overall["acc"], "mcq_lo": overall["lo"], "mcq_hi": overall["hi"],
+                  "mcq_n": overall["n"], "mcq_correct": overall["correct"],
+                  "mcq_unreadable": overall["unreadable"]}
+    flat |= {f"mcq_acc_{language}": r["acc"] for language, r in mcq["by_language"].items()}
+    if open_answers is not None:
+        summary = open_answers["summary"]
+        flat |= {"open_n" if key == "n" else key: value for key, value in summary.items()}
+    if truncated is not None:
+        flat["hit_token_limit"] = truncated
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items()}
+
+
+def hit_token_limit(records: Sequence[dict], max_new_tokens: int) -> float:
+    """The share of replies cut off by the token limit: their answers may be missing."""
+    return sum(r["new_tokens"] >= max_new_tokens for r in records) / len(records) if records else 0.0

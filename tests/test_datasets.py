@@ -84,8 +84,8 @@ def test_cleaning_counts_every_bad_row_and_keeps_the_good_ones():
     assert report.skipped == {"duplicate": 1, "empty": 1, "answer not in options": 1, "multiple answers": 1,
                               "overlong": 1, "malformed": 4}
     assert set(report.examples) == set(report.skipped)
-    row = report.row()
-    assert row["kept"] == 1 and row["skipped: malformed"] == 4
+    row = report.eval_row()
+    assert row["items kept"] == 1 and row["skipped: malformed"] == 4 and row["masked: phone"] == 0
 
 
 def test_medqa_answer_text_must_match_its_key():

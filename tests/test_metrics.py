@@ -11,6 +11,7 @@ from helpers.metrics import (
     extract_choice,
     find_keywords,
     has_think_block,
+    hit_token_limit,
     mcnemar_p,
     mean_interval,
     rouge_l,
@@ -18,6 +19,7 @@ from helpers.metrics import (
     score_open,
     split_think,
     strip_think,
+    summarise,
     wilson_interval,
 )
 
@@ -228,3 +230,13 @@ def test_changed_answers_are_fixed_or_broken():
     before = [{"id": "a", "correct": False}, {"id": "b", "correct": True}, {"id": "c", "correct": True}]
     after = [{"id": "a", "correct": True}, {"id": "b", "correct": False}, {"id": "c", "correct": True}]
     assert changed_answers(before, after) == {"fixed": ["a"], "broken": ["b"]}
+
+
+def test_summarise_flattens_the_key_numbers():
+    mcq = score_mcq(MCQ, [{"id": "m1", "reply": "B"}, {"id": "m2", "reply": "A"}, {"id": "m3", "reply": "A"}])
+    flat = summarise(mcq, {"summary": {"rouge_l": 0.123456, "n": 4, "risky_rate": 0.0}}, truncated=0.5)
+    assert flat["mcq_acc"] == round(2 / 3, 4) and flat["mcq_n"] == 3 and flat["mcq_correct"] == 2
+    assert flat["mcq_acc_en"] == 1.0 and flat["mcq_acc_zh"] == 0.5
+    assert flat["rouge_l"] == 0.1235 and flat["open_n"] == 4 and flat["hit_token_limit"] == 0.5
+    assert hit_token_limit([{"new_tokens": 96}, {"new_tokens": 10}], 96) == 0.5
+    assert hit_token_limit([], 9) == 0
