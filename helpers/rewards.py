@@ -126,7 +126,8 @@ def _has_content(text: str) -> bool:
 
 # --- format ---------------------------------------------------------------------------------
 
-def _format_score(text: str) -> float:
+def score_format(text: str) -> float:
+    """The format score of one completion (``format_reward`` applies it to each)."""
     parts = split_completion(text)
     if parts is None or not _has_content(parts[0]):
         return 0.0
@@ -135,7 +136,7 @@ def _format_score(text: str) -> float:
 
 def format_reward(completions, **kwargs) -> list[float]:
     """1 for one non-empty think block followed by an answer; 0.5 with no answer after it; else 0."""
-    return _score_each(_format_score, completions, BOUNDS["format_reward"])
+    return _score_each(score_format, completions, BOUNDS["format_reward"])
 
 
 # --- reasoning steps ------------------------------------------------------------------------
@@ -161,14 +162,15 @@ def reasoning_steps(think: str) -> list[str]:
     return steps
 
 
-def _steps_score(text: str) -> float:
+def score_steps(text: str) -> float:
+    """The reasoning-steps score of one completion (``reasoning_steps_reward`` applies it to each)."""
     parts = split_completion(text)  # unfinished reasoning (no closing tag) earns nothing
     return min(len(reasoning_steps(parts[0])), MAX_STEPS) / MAX_STEPS if parts else 0.0
 
 
 def reasoning_steps_reward(completions, **kwargs) -> list[float]:
     """The number of distinct reasoning steps in a closed think block, divided by MAX_STEPS, capped at 1."""
-    return _score_each(_steps_score, completions, BOUNDS["reasoning_steps_reward"])
+    return _score_each(score_steps, completions, BOUNDS["reasoning_steps_reward"])
 
 
 # --- accuracy -------------------------------------------------------------------------------
@@ -223,7 +225,8 @@ def matches_answer(said: str, gold: str) -> bool:
     return False
 
 
-def _accuracy_score(text: str, gold: object, choices: object) -> float:
+def score_accuracy(text: str, gold: object, choices: object) -> float:
+    """1.0 when one completion answers ``gold`` (a letter when ``choices`` are given), else 0.0."""
     if not isinstance(gold, str) or not gold.strip():
         return 0.0
     gold = gold.strip()
@@ -239,7 +242,7 @@ def accuracy_reward(completions, answer=None, choices=None, **kwargs) -> list[fl
     read by ``helpers.metrics.extract_choice``; open rows compare the final answer with the gold text
     after normalising case, punctuation, full-width characters and accents.
     """
-    return _score_each(_accuracy_score, completions, BOUNDS["accuracy_reward"], (answer, choices))
+    return _score_each(score_accuracy, completions, BOUNDS["accuracy_reward"], (answer, choices))
 
 
 # --- length ---------------------------------------------------------------------------------
@@ -295,6 +298,11 @@ def _default_ask() -> Callable[[str], str] | None:
     except ImportError:
         return None
     return (lambda prompt: ask_judge(prompt, max_tokens=8)) if judge_config() is not None else None
+
+
+def teacher_available() -> bool:
+    """Whether a judge is set up in the environment (JUDGE_API_KEY), so ``teacher_reward`` can grade."""
+    return _default_ask() is not None
 
 
 def teacher_reward(completions, answer=None, question=None, prompts=None, ask=None, **kwargs) -> list[float]:
