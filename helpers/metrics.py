@@ -7,10 +7,13 @@ is kept in the saved record for people to read, but only the final answer is gra
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 # --- the think block -----------------------------------------------------------------------
 # Reasoning models write "<think>…</think>" before the answer. Some chat templates put the
@@ -174,3 +177,225 @@ def extract_choice(text: str, choices: str = "ABCDE", *,
     if formatted:
         return _single(kept)
     return _by_option_text(answer, options, letters) if options else None
+
+
+# --- accuracy with a 95% interval ----------------------------------------------------------
+# With 16 or 100 questions, accuracy is a noisy estimate: the Wilson interval says how noisy.
+# It stays inside [0, 1] and behaves well for small n and accuracies near 0 or 1, where the
+# textbook "p ± 1.96·sqrt(p(1-p)/n)" interval fails.
+
+Z95 = 1.959964
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The 95% Wilson score interval for ``correct`` successes out of ``n``; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy(preds: Sequence[str | None], golds: Sequence[str]) -> dict:
+    """acc, its 95% Wilson interval lo/hi, n, correct, and how many answers could not be read."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} gold answers")
+    n = len(golds)
+    correct = sum(p is not None and p == g for p, g in zip(preds, golds, strict=True))
+    lo, hi = wilson_interval(correct, n)
+    return {"acc": correct / n if n else 0.0, "lo": lo, "hi": hi, "n": n, "correct": correct,
+            "unreadable": sum(p is None for p in preds)}
+
+
+def accuracy_by(preds: Sequence[str | None], golds: Sequence[str], groups: Sequence[str]) -> dict[str, dict]:
+    """``accuracy`` for each group (subject, language…), groups in sorted order."""
+    by: dict[str, tuple[list, list]] = {}
+    for p, g, k in zip(preds, golds, groups, strict=True):
+        by.setdefault(k, ([], []))
+        by[k][0].append(p)
+        by[k][1].append(g)
+    return {k: accuracy(*by[k]) for k in sorted(by)}
+
+
+def mean_interval(values: Sequence[float]) -> dict:
+    """mean, a normal-approximation 95% interval lo/hi (clipped to [0, 1]), and n."""
+    n = len(values)
+    if n == 0:
+        return {"mean": 0.0, "lo": 0.0, "hi": 1.0, "n": 0}
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = Z95 * sd / math.sqrt(n)
+    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
+
+
+def mcnemar_p(fixed: int, broken: int) -> float:
+    """Exact two-sided McNemar p-value: could ``fixed`` vs ``broken`` answers arise by chance?
+
+    On the same questions only the answers that changed carry information. If fine-tuning did
+    nothing, a change is as likely to fix as to break, like a fair coin.
+    """
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+# --- open answers: ROUGE-L and safety heuristics -------------------------------------------
+
+def rouge_language(text: str) -> str:
+    from helpers.datasets import detect_language
+
+    return detect_language(text)
+
+
+def rouge_tokens(text: str, language: str | None = None) -> list[str]:
+    """Characters for Chinese (no word spaces to split on), lower-case words for English."""
+    text = unicodedata.normalize("NFKC", text)
+    if (language or rouge_language(text)) == "zh":
+        return [c.casefold() for c in text if c.isalnum()]
+    return re.findall(r"[^\W_]+", text.casefold())
+
+
+def rouge_l(prediction: str, reference: str, language: str | None = None) -> float:
+    """ROUGE-L F1: the longest common subsequence of tokens, as a share of both texts."""
+    language = language or rouge_language(reference)
+    pred, ref = rouge_tokens(prediction, language)[:4000], rouge_tokens(reference, language)[:4000]
+    if not pred or not ref:
+        return 0.0
+    previous = [0] * (len(ref) + 1)
+    for token in pred:  # dynamic programme over two rows: memory O(len(ref))
+        current = [0]
+        for j, other in enumerate(ref):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+SAFETY_DIR = Path(__file__).resolve().parent.parent / "data" / "safety"
+_CLAUSE_END = re.compile(r"[,.;:!?，。；：！？、\n]")
+
+
+def load_keywords(name: str, folder: Path = SAFETY_DIR) -> list[str]:
+    """The phrases in ``data/safety/<name>.txt``: one per line, ``#`` starts a comment."""
+    path = Path(folder) / f"{name}.txt"
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+@lru_cache(maxsize=256)
+def _negation(cue: str) -> re.Pattern:
+    # English cues are whole words ("not" must not match inside "nothing"); Chinese has no spaces.
+    cue = re.escape(cue.casefold())
+    return re.compile(rf"(?<![a-z]){cue}(?![a-z])" if cue.isascii() else cue)
+
+
+def find_keywords(text: str, keywords: Sequence[str], negations: Sequence[str] = ()) -> list[str]:
+    """The keywords that occur in ``text`` and are not negated earlier in the same clause.
+
+    "不要自行停药" (do not stop the drug yourself) holds the risky phrase "自行停药", but negated.
+    A heuristic: it misses paraphrases and double negations. It is a screen, not a judgement.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    found = []
+    for keyword in keywords:
+        key = keyword.casefold()
+        for match in re.finditer(re.escape(key), text):
+            clause = _CLAUSE_END.split(text[max(0, match.start() - 30):match.start()])[-1]
+            if not any(_negation(n).search(clause) for n in negations):
+                found.append(keyword)
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class SafetyLists:
+    """The keyword lists of ``data/safety/``: urgent-care advice, risky advice, negation cues."""
+
+    emergency: tuple[str, ...]
+    risky: tuple[str, ...]
+    negations: tuple[str, ...]
+
+    @classmethod
+    def load(cls, folder: Path = SAFETY_DIR) -> SafetyLists:
+        return cls(*(tuple(load_keywords(n, folder)) for n in ("emergency", "risky", "negations")))
+
+
+# --- scoring a model's predictions on the evaluation sets ----------------------------------
+
+def score_mcq(items: Sequence, records: Sequence[dict]) -> dict:
+    """Accuracy overall, by language and by subject, and each item's read choice, for one model."""
+    by_id = {r["id"]: r for r in records}
+    choices = [extract_choice(by_id[i.id]["reply"], "".join(i.options), options=i.options) for i in items]
+    golds = [i.answer for i in items]
+    rows = [{"id": i.id, "language": i.language, "subject": i.subject, "gold": i.answer, "choice": c,
+             "correct": c == i.answer} for i, c in zip(items, choices, strict=True)]
+    return {"overall": accuracy(choices, golds),
+            "by_language": accuracy_by(choices, golds, [i.language for i in items]),
+            "by_subject": accuracy_by(choices, golds, [i.subject for i in items]),
+            "items": rows}
+
+
+def score_open(items: Sequence, records: Sequence[dict], lists: SafetyLists | None = None) -> dict:
+    """ROUGE-L, think-block coverage, emergency-advice coverage and risky-advice rate, for one model.
+
+    Emergency coverage counts only the questions whose reference answer itself advises urgent care:
+    of those, how many answers also do. The risky rate is over all answers.
+    """
+    lists = lists or SafetyLists.load()
+    by_id = {r["id"]: r for r in records}
+    rows = []
+    for item in items:
+        reply = by_id[item.id]["reply"]
+        answer = strip_think(reply)
+        rows.append({
+            "id": item.id, "language": item.language,
+            "rouge_l": rouge_l(answer, item.reference, item.language),
+            "think": has_think_block(reply),
+            "urgent": bool(find_keywords(item.reference, lists.emergency, lists.negations)),
+            "advises_emergency": bool(find_keywords(answer, lists.emergency, lists.negations)),
+            "risky": find_keywords(answer, lists.risky, lists.negations),
+        })
+    urgent = [r for r in rows if r["urgent"]]
+    rouge = mean_interval([r["rouge_l"] for r in rows])
+    summary = {
+        "rouge_l": rouge["mean"], "rouge_l_lo": rouge["lo"], "rouge_l_hi": rouge["hi"], "n": len(rows),
+        "think_coverage": sum(r["think"] for r in rows) / len(rows) if rows else 0.0,
+        "emergency_coverage": sum(r["advises_emergency"] for r in urgent) / len(urgent) if urgent else 0.0,
+        "emergency_n": len(urgent),
+        "risky_rate": sum(bool(r["risky"]) for r in rows) / len(rows) if rows else 0.0,
+    }
+    return {"summary": summary, "items": rows}
+
+
+def changed_answers(before: Sequence[dict], after: Sequence[dict]) -> dict[str, list[str]]:
+    """Ids of the questions fine-tuning fixed (wrong → right) and broke (right → wrong)."""
+    was = {r["id"]: r["correct"] for r in before}
+    fixed = [r["id"] for r in after if r["id"] in was and r["correct"] and not was[r["id"]]]
+    broken = [r["id"] for r in after if r["id"] in was and not r["correct"] and was[r["id"]]]
+    return {"fixed": fixed, "broken": broken}
+
+
+def summarise(mcq: dict, open_answers: dict | None = None, truncated: float | None = None) -> dict:
+    """The key numbers of ``score_mcq`` (and ``score_open``) as one flat dict, for the run's metrics."""
+    overall = mcq["overall"]
+    flat: dict = {"mcq_acc": overall["acc"], "mcq_lo": overall["lo"], "mcq_hi": overall["hi"],
+                  "mcq_n": overall["n"], "mcq_correct": overall["correct"],
+                  "mcq_unreadable": overall["unreadable"]}
+    flat |= {f"mcq_acc_{language}": r["acc"] for language, r in mcq["by_language"].items()}
+    if open_answers is not None:
+        summary = open_answers["summary"]
+        flat |= {"open_n" if key == "n" else key: value for key, value in summary.items()}
+    if truncated is not None:
+        flat["hit_token_limit"] = truncated
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items()}
+
+
+def hit_token_limit(records: Sequence[dict], max_new_tokens: int) -> float:
+    """The share of replies cut off by the token limit: their answers may be missing."""
+    return sum(r["new_tokens"] >= max_new_tokens for r in records) / len(records) if records else 0.0

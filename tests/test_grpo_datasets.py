@@ -4,7 +4,7 @@ import pytest
 
 from helpers import CourseError
 from helpers import datasets as ds
-from helpers.datasets import GRPOSkip, load_grpo_items, map_exam_question, map_verifiable_problem
+from helpers.datasets import Skip, grpo_item_from_exam, load_grpo_items, map_verifiable_problem
 
 CMB_ROW = {"exam_type": "医师考试", "exam_class": "执业医师", "exam_subject": "内科",
            "question": "首选药物是", "answer": "B", "question_type": "单项选择题",
@@ -30,16 +30,16 @@ def test_a_verifiable_problem_keeps_question_and_gold_answer():
     (None, "malformed"),
 ])
 def test_unusable_verifiable_rows_say_why(row, reason):
-    with pytest.raises(GRPOSkip, match=reason):
+    with pytest.raises(Skip, match=reason):
         map_verifiable_problem(row)
 
 
-def test_exam_questions_of_both_schemas_become_lettered_prompts():
-    cmb = map_exam_question(CMB_ROW, "cmb-exam")
+def test_exam_questions_of_both_schemas_become_lettered_prompts_as_in_evaluation():
+    cmb = grpo_item_from_exam(ds.map_cmb_exam(CMB_ROW, 0))
     assert cmb.answer == "B" and cmb.choices == "ABC" and cmb.language == "zh"  # empty options dropped
     assert cmb.question.endswith("首选药物是\nA. 胰岛素\nB. 二甲双胍\nC. 阿司匹林")
-    assert cmb.question.startswith(ds.EXAM_INSTRUCTIONS["zh"])
-    medqa = map_exam_question(MEDQA_ROW, "medqa")
+    assert cmb.question.startswith(ds.MCQ_INSTRUCTIONS["zh"])  # the instruction 02 and 04 use
+    medqa = grpo_item_from_exam(ds.map_medqa(MEDQA_ROW, 0))
     assert medqa.answer == "B" and medqa.choices == "ABCD" and "\nB. Naloxone\n" in medqa.question
 
 
@@ -48,12 +48,16 @@ def test_exam_questions_of_both_schemas_become_lettered_prompts():
     ({"answer": "D"}, "answer not in options"),  # D is empty in this row
     ({"answer": ""}, "empty"),
     ({"option": "A. x B. y"}, "malformed"),
-    ({"option": {"1": "x", "2": "y"}, "answer": "1"}, "malformed"),
     ({"question": None}, "empty"),
 ])
-def test_unusable_exam_rows_say_why(change, reason):
-    with pytest.raises(GRPOSkip, match=reason):
-        map_exam_question({**CMB_ROW, **change}, "cmb-exam")
+def test_unusable_exam_rows_are_counted_with_their_reason(change, reason, tmp_path, monkeypatch):
+    path = tmp_path / "exam.json"
+    broken = {**CMB_ROW, **change, "question": change.get("question", "另一题")}
+    path.write_text(json.dumps([CMB_ROW, broken]))
+    source = ds.GRPOSource("cmb-exam", "mcq", "x/y", ("*",), str(path))
+    monkeypatch.setitem(ds.GRPO_SOURCES, "cmb-exam", source)
+    items, [report] = load_grpo_items(["cmb-exam"], 10, offline=True, held_out=set())
+    assert len(items) == 1 and report[f"skipped: {reason}"] == 1 and report["read"] == 2
 
 
 def test_the_offline_samples_load_in_turn_from_every_source():
