@@ -337,3 +337,27 @@ def _plain_gold(text: str) -> bool:
 def test_the_gold_answer_itself_is_always_correct(gold):
     assert accuracy_reward([f"<think>Reasoning here.</think>{gold}"], answer=[gold]) == [1.0]
     assert accuracy_reward([f"<think>Reasoning here.</think>{gold}"], answer=[gold + " x"]) == [0.0]
+
+
+def test_teacher_reward_uses_the_course_judge_client_and_its_cache(monkeypatch, tmp_path):
+    from helpers import judge
+
+    monkeypatch.setenv("JUDGE_API_KEY", "test-key")
+    monkeypatch.setenv("JUDGE_CACHE", str(tmp_path))
+    posted = []
+
+    def fake_post(url, payload, api_key, timeout):
+        posted.append(payload)
+        graded = payload["messages"][-1]["content"].split("Reply to grade:")[1]
+        return {"choices": [{"message": {"content": "7" if "Naloxone" in graded else "1"}}]}
+
+    monkeypatch.setattr(judge, "_post", fake_post)
+    assert rewards.teacher_available()
+    completions = ["</think>Naloxone", "</think>Aspirin"]
+    first = teacher_reward(completions, answer=["Naloxone"] * 2, question=["Which antidote?"] * 2)
+    again = teacher_reward(completions, answer=["Naloxone"] * 2, question=["Which antidote?"] * 2)
+    assert first == again == pytest.approx([0.7, 0.1])
+    assert len(posted) == 2  # the second batch came from the disk cache
+    monkeypatch.delenv("JUDGE_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert not rewards.teacher_available()
