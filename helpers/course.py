@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.errors import CourseError
-from helpers.profiles import PROFILES
+from helpers.profiles import PROFILES, get_profile
 from helpers.runs import key_metric, outputs_root, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +91,7 @@ def format_summary(results: list[Result]) -> str:
 def run_course(profile: str, only: list[str] | None = None, run_name: str = "",
                folder: Path = ROOT) -> list[Result]:
     """Run the notebooks in order, stopping at the first failure (later ones need its outputs)."""
-    if profile not in PROFILES:
-        raise CourseError(f"Unknown profile {profile!r}: choose one of {', '.join(PROFILES)}.")
+    get_profile(profile)  # an unknown profile fails here, in one sentence, before any notebook runs
     notebooks = find_notebooks(folder, only)
     run = course_run_dir(folder, run_name or profile)
     executed = run / "executed"

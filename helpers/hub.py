@@ -40,11 +40,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "medical-llm-course"))
 
 
-def configure(source: str = "auto", hf_endpoint: str | None = None) -> None:
-    """Choose the hub ("auto", "huggingface" or "modelscope") and, optionally, a Hugging Face mirror."""
+def _check_source(source: str) -> str:
     if source not in SOURCES:
         raise CourseError(f"Unknown hub source {source!r}: choose one of {', '.join(SOURCES)}.")
-    _settings["source"] = source
+    return source
+
+
+def configure(source: str = "auto", hf_endpoint: str | None = None) -> None:
+    """Choose the hub ("auto", "huggingface" or "modelscope") and, optionally, a Hugging Face mirror."""
+    _settings["source"] = _check_source(source)
     if hf_endpoint:
         os.environ["HF_ENDPOINT"] = hf_endpoint.rstrip("/")
     _reachable.cache_clear()
@@ -69,15 +73,13 @@ def hub_reachable(source: str) -> bool:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
             return False
         return _reachable(urlparse(hf_endpoint()).hostname or "huggingface.co")
-    if source == "modelscope":
+    if _check_source(source) == "modelscope":
         return importlib.util.find_spec("modelscope") is not None and _reachable(MODELSCOPE_HOST)
-    raise CourseError(f"Unknown hub source {source!r}: choose one of {', '.join(SOURCES[1:])}.")
+    raise CourseError("hub_reachable needs one hub: 'huggingface' or 'modelscope', not 'auto'.")
 
 
 def _sources(source: str | None) -> list[str]:
-    source = source or _settings["source"]
-    if source not in SOURCES:
-        raise CourseError(f"Unknown hub source {source!r}: choose one of {', '.join(SOURCES)}.")
+    source = _check_source(source or _settings["source"])
     return ["huggingface", "modelscope"] if source == "auto" else [source]
 
 
