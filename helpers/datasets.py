@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,6 @@ from helpers.errors import CourseError
 from helpers.hub import resolve_dataset
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
-
-def detect_language(text: str) -> str:
-    """'zh' when at least a fifth of the letters are CJK characters, else 'en'."""
-    cjk = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff")
-    letters = sum(1 for ch in text if ch.isalpha())
-    return "zh" if letters and cjk / letters >= 0.2 else "en"
 
 
 def read_records(path: Path) -> list[dict]:
@@ -51,18 +43,25 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 @dataclass(frozen=True)
 class SFTSource:
-    """A real SFT dataset: its hub id, its configs (None: the default) and its column names."""
+    """A real SFT dataset: its hub id, the hub it lives on, its files (by language) and column names.
+
+    The offline samples in data/sft/ copy the real file names, so one reader serves both.
+    """
 
     hub_id: str
-    configs: tuple[str | None, ...]
+    hub: str  # "huggingface" or "modelscope": where the dataset is published
+    files: dict[str, str]  # file name -> language ("en" or "zh")
     columns: tuple[str, str, str]  # question, reasoning, answer
 
 
 SFT_SOURCES: dict[str, SFTSource] = {
     "medical-o1-reasoning-SFT": SFTSource(
-        "FreedomIntelligence/medical-o1-reasoning-SFT", ("en", "zh"), ("Question", "Complex_CoT", "Response")),
+        "FreedomIntelligence/medical-o1-reasoning-SFT", "huggingface",
+        {"medical_o1_sft.json": "en", "medical_o1_sft_Chinese.json": "zh"},  # the "en" and "zh" configs
+        ("Question", "Complex_CoT", "Response")),
     "delicate_medical_r1_data": SFTSource(
-        "krisfu/delicate_medical_r1_data", (None,), ("question", "think", "answer")),
+        "krisfu/delicate_medical_r1_data", "modelscope", {"r1_data_example.jsonl": "zh"},
+        ("question", "think", "answer")),
 }
 
 
@@ -82,7 +81,7 @@ class SFTSet:
     """The examples loaded for SFT, where each source came from, and what was skipped and why."""
 
     examples: list[SFTExample]
-    origins: dict[str, str] = field(default_factory=dict)  # source -> "hub" or the samples' folder
+    origins: dict[str, str] = field(default_factory=dict)  # source -> the folder its files were read from
     skipped: Counter = field(default_factory=Counter)  # reason -> count
 
     def counts(self) -> Counter:
@@ -95,12 +94,12 @@ def _strip_think_tags(text: str) -> str:
     return text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
 
 
-def map_sft_rows(rows: list[dict], source: str) -> tuple[list[SFTExample], Counter]:
+def map_sft_rows(rows: list[dict], source: str, language: str) -> tuple[list[SFTExample], Counter]:
     """The rows of ``source``'s schema as SFTExamples, and a count of the rows skipped, by reason."""
     q_col, r_col, a_col = SFT_SOURCES[source].columns
     examples, skipped, seen = [], Counter(), set()
     for row in rows:
-        values = [row.get(col) for col in (q_col, r_col, a_col)]
+        values = [row.get(col) if isinstance(row, dict) else None for col in (q_col, r_col, a_col)]
         if not all(isinstance(v, str) for v in values):
             skipped["missing column"] += 1
             continue
@@ -111,40 +110,21 @@ def map_sft_rows(rows: list[dict], source: str) -> tuple[list[SFTExample], Count
             skipped["duplicate question"] += 1
         else:
             seen.add(question)
-            examples.append(SFTExample(question, reasoning, answer, detect_language(question), source))
+            examples.append(SFTExample(question, reasoning, answer, language, source))
     return examples, skipped
 
 
-def schema_of(row: dict) -> str | None:
-    """The SFT source whose column names ``row`` has, or None."""
-    for name, spec in SFT_SOURCES.items():
-        if all(col in row for col in spec.columns):
-            return name
-    return None
-
-
-def read_sft_samples(folder: Path = SFT_DIR) -> dict[str, list[dict]]:
-    """The offline sample rows in ``folder``, grouped by the source whose schema they follow."""
-    files = sorted([*folder.glob("*.json"), *folder.glob("*.jsonl")])
-    if not files:
-        raise CourseError(f"No SFT samples in {folder}: restore data/sft/ from the course repository.")
-    grouped: dict[str, list[dict]] = {}
-    for path in files:
-        rows = read_records(path)
-        source = schema_of(rows[0]) if rows else None
-        if source is not None:  # files of other schemas (if any) belong to other notebooks
-            grouped.setdefault(source, []).extend(rows)
-    return grouped
-
-
-def _read_hub_rows(folder: Path, source: str, languages: tuple[str, ...]) -> list[dict]:
-    from datasets import load_dataset
-
-    rows: list[dict] = []
-    for config in SFT_SOURCES[source].configs:
-        if config is not None and config not in languages:
+def read_sft_source(folder: Path, source: str, languages: tuple[str, ...]) -> dict[str, list[dict]]:
+    """The raw rows of ``source``'s files in ``folder`` (a hub snapshot or data/sft/), by language."""
+    rows: dict[str, list[dict]] = {}
+    for name, language in SFT_SOURCES[source].files.items():
+        if language not in languages:
             continue
-        rows.extend(load_dataset(str(folder), name=config, split="train").to_list())
+        path = Path(folder) / name
+        if not path.is_file():
+            names = ", ".join(SFT_SOURCES[source].files)
+            raise CourseError(f"{path} is missing: the {source} files are {names}.")
+        rows.setdefault(language, []).extend(read_records(path))
     return rows
 
 
@@ -169,25 +149,26 @@ def load_sft_examples(
     samples: Path = SFT_DIR,
     hub_source: str | None = None,
 ) -> SFTSet:
-    """Up to ``limit`` SFT examples from ``sources`` in ``languages``: the real datasets when a hub
-    answers, the course's samples otherwise; shuffled with ``seed`` and balanced across groups."""
+    """Up to ``limit`` SFT examples from ``sources`` in ``languages``: the real datasets when their hub
+    answers, the course's samples otherwise; shuffled with ``seed`` and balanced across groups.
+
+    ``hub_source`` forces one hub; by default each dataset comes from the hub it is published on.
+    """
     unknown = [s for s in sources if s not in SFT_SOURCES]
     if unknown:
-        raise CourseError(f"Unknown SFT source {', '.join(unknown)}: choose from {', '.join(SFT_SOURCES)}.")
-    result, offline = SFTSet([]), None
+        names = ", ".join(map(repr, unknown))
+        raise CourseError(f"Unknown SFT source {names}: choose from {', '.join(SFT_SOURCES)}.")
+    result = SFTSet([])
     groups: dict[tuple[str, str], list[SFTExample]] = {}
     for source in sources:
-        found = resolve_dataset(SFT_SOURCES[source].hub_id, source=hub_source)
-        if found is not None:
-            rows, result.origins[source] = _read_hub_rows(found.path, source, languages), "hub"
-        else:
-            offline = offline if offline is not None else read_sft_samples(samples)
-            rows, result.origins[source] = offline.get(source, []), str(samples)
-        examples, skipped = map_sft_rows(rows, source)
-        result.skipped.update(skipped)
-        for ex in examples:
-            if ex.language in languages:
-                groups.setdefault((ex.source, ex.language), []).append(ex)
+        spec = SFT_SOURCES[source]
+        found = resolve_dataset(spec.hub_id, source=hub_source or spec.hub)
+        folder = found.path if found is not None else Path(samples)
+        result.origins[source] = str(folder)
+        for language, rows in read_sft_source(folder, source, languages).items():
+            examples, skipped = map_sft_rows(rows, source, language)
+            result.skipped.update(skipped)
+            groups.setdefault((source, language), []).extend(examples)
     rng = random.Random(seed)
     for key in sorted(groups):
         rng.shuffle(groups[key])

@@ -60,7 +60,7 @@ def loss_mask(tokenizer, row: dict) -> LossMask:
     """What the trainer will and will not learn from one prepared row (``input_ids`` + ``labels``)."""
     ids, labels = row["input_ids"], row["labels"]
     if len(ids) != len(labels):
-        raise CourseError("A prepared row has as many labels as input ids: pass a row of trainer.train_dataset.")
+        raise CourseError("A row needs one label per input id: pass a row of trainer.train_dataset.")
     ignored = [i for i, label in zip(ids, labels, strict=True) if label == -100]
     trained = [i for i, label in zip(ids, labels, strict=True) if label != -100]
     first_trained = next((k for k, label in enumerate(labels) if label != -100), len(labels))
@@ -138,7 +138,8 @@ def train(trainer):
     if checkpoint is None:
         print(f"Training from the start: {trainer.args.max_steps} steps.")
     else:
-        print(f"Resuming from {checkpoint.name} (step {checkpoint_step(checkpoint)} of {trainer.args.max_steps}).")
+        step = checkpoint_step(checkpoint)
+        print(f"Resuming from {checkpoint.name} (step {step} of {trainer.args.max_steps}).")
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
@@ -284,7 +285,7 @@ def save_merged(model, tokenizer, path: str | Path, *, base=None, adapter: Path 
         return model
     if getattr(model, "is_loaded_in_4bit", False):
         if base is None or adapter is None:
-            raise CourseError("A 4-bit model cannot be merged in place: pass base= and adapter= to reload it.")
+            raise CourseError("A 4-bit model cannot take the merge: pass base= and adapter= to reload it.")
         model, _ = load_text_model(base, load_in_4bit=False, backend="transformers")
         model = load_adapter(model, adapter)
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
