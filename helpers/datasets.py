@@ -94,8 +94,8 @@ def vl_examples(rows: list[dict], source: VLSource, *, instruction: str = VL_INS
         except UnusableImage as err:
             skipped[str(err)] = skipped.get(str(err), 0) + 1
             continue
-        examples.append({"id": str(row.get(source.id, len(examples))), "messages": vl_messages(report, instruction),
-                         "images": [image], "report": report})
+        examples.append({"id": str(row.get(source.id, len(examples))), "images": [image], "report": report,
+                         "messages": vl_messages(report, instruction)})
     return VLSet(examples, origin or source.hub_id, skipped)
 
 

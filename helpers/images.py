@@ -41,7 +41,8 @@ class ImageCheck:
     def summary(self) -> str:
         """One line, e.g. 'kept 11 images, skipped 2 (unreadable: 1, truncated: 1)'."""
         reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
-        return f"kept {len(self.kept)} images, skipped {self.n_skipped}" + (f" ({reasons})" if reasons else "")
+        line = f"kept {len(self.kept)} images, skipped {self.n_skipped}"
+        return f"{line} ({reasons})" if reasons else line
 
 
 def open_image(source) -> Image.Image:

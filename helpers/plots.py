@@ -5,11 +5,16 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
-from matplotlib.figure import Figure
-
-# Figures are built without pyplot: nothing global to close, and a notebook shows each one once.
-
 # --- Vision-language plots (05) -----------------------------------------------------------------
+
+
+def _vl_figure(width: float, height: float):
+    """A new figure, closed in pyplot so that a notebook shows it once: as the value we return."""
+    import matplotlib.pyplot as plt  # pyplot sets up the notebook's image display
+
+    fig = plt.figure(figsize=(width, height))
+    plt.close(fig)
+    return fig
 
 
 def _wrap(text: str, width: int, max_lines: int) -> str:
@@ -22,7 +27,7 @@ def show_vl_examples(images: Sequence, reports: Sequence[str], titles: Sequence[
     """A grid of images, each with the start of its report underneath."""
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig = Figure(figsize=(3.2 * columns, 4.2 * rows))
+    fig = _vl_figure(3.2 * columns, 4.2 * rows)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for k, ax in enumerate(axes):
         ax.axis("off")
@@ -42,7 +47,7 @@ def show_caption_comparison(images: Sequence, references: Sequence[str], before:
                             scores_after: Sequence[float] = (), title: str = "Held-out images: base vs SFT"):
     """One row per image: the image, then the reference report, the base model's and the SFT model's."""
     n = len(images)
-    fig = Figure(figsize=(15, 3.3 * n))
+    fig = _vl_figure(15, 3.3 * n)
     axes = fig.subplots(n, 4, squeeze=False, gridspec_kw={"width_ratios": [1.1, 1.6, 1.6, 1.6]})
     for k in range(n):
         axes[k, 0].imshow(images[k])
@@ -65,7 +70,7 @@ def show_caption_comparison(images: Sequence, references: Sequence[str], before:
 
 def plot_vl_loss(points: Sequence[tuple[int, float]], title: str = "Vision-language SFT loss"):
     """Training loss (on the report tokens) against optimizer step."""
-    fig = Figure(figsize=(7, 3.5))
+    fig = _vl_figure(7, 3.5)
     ax = fig.subplots()
     if points:
         steps, losses = zip(*points, strict=True)
@@ -84,7 +89,7 @@ def plot_caption_scores(before: dict[str, float], after: dict[str, float],
                         title: str = "Held-out reports: base vs SFT"):
     """Side-by-side bars of each caption score (0 to 1) before and after fine-tuning."""
     names = list(before)
-    fig = Figure(figsize=(6, 3.5))
+    fig = _vl_figure(6, 3.5)
     ax = fig.subplots()
     width = 0.38
     for offset, (label, values) in zip((-width / 2, width / 2), (("base", before), ("after SFT", after)),

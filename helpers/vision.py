@@ -141,7 +141,8 @@ def build_vl_processor(family: str = "qwen3_vl", *, patch_size: int | None = Non
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
         min_pixels=4 * factor * factor, max_pixels=max_pixels,
     )
-    video_processor = _video_processor_class(family)(patch_size=patch_size, merge_size=2, temporal_patch_size=2)
+    video_processor = _video_processor_class(family)(patch_size=patch_size, merge_size=2,
+                                                     temporal_patch_size=2)
     return _processor_class(family)(image_processor=image_processor, tokenizer=tokenizer,
                                     video_processor=video_processor, chat_template=CHAT_TEMPLATE)
 
@@ -157,12 +158,12 @@ def load_vl_processor(folder: str | Path):
     family = json.loads((folder / "config.json").read_text())["model_type"] \
         if (folder / "config.json").is_file() else "qwen3_vl"
     family = family if family in FAMILIES else "qwen3_vl"
+    template = folder / "chat_template.jinja"
     return _processor_class(family)(
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder),
         tokenizer=AutoTokenizer.from_pretrained(folder),
         video_processor=_video_processor_class(family).from_pretrained(folder),
-        chat_template=(folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").is_file()
-        else CHAT_TEMPLATE,
+        chat_template=template.read_text() if template.is_file() else CHAT_TEMPLATE,
     )
 
 
@@ -235,8 +236,8 @@ def make_random_vl_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfl
         return dest
     processor = processor or build_vl_processor("qwen3_vl", max_pixels=REAL_MAX_PIXELS)
     torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(vl_config("qwen3_vl", QWEN3_VL_SHAPES[model_id], processor),
-                                                    dtype=getattr(torch, dtype))
+    config = vl_config("qwen3_vl", QWEN3_VL_SHAPES[model_id], processor)
+    model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
     model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids(TURN_END)
     return _save_atomically(model, processor, dest)
 
@@ -319,7 +320,8 @@ def lora_target_pattern(vision_layers: bool, language_layers: bool, attention: b
     towers = (["visual"] if vision_layers else []) + (["language_model"] if language_layers else [])
     layers = (list(ATTENTION_LAYERS) if attention else []) + (list(MLP_LAYERS) if mlp else [])
     if not towers or not layers:
-        raise CourseError("LoRA needs at least one of vision/language layers and one of attention/MLP modules.")
+        raise CourseError("LoRA needs at least one of vision/language layers and one of attention/MLP "
+                          "modules: set at least one switch of each pair to True.")
     return rf".*({'|'.join(towers)}).*\.({'|'.join(re.escape(layer) for layer in layers)})"
 
 
@@ -336,6 +338,7 @@ def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = Tr
             lora_dropout=dropout, bias="none", random_state=seed,
             use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
         )
+        FastVisionModel.for_training(peft_model)
         peft_model.course_backend = "unsloth"
         return peft_model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -356,7 +359,8 @@ def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = Tr
 
 def chat_text(processor, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation rendered with the processor's chat template (image parts become vision markup)."""
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return processor.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
 
 
 class ReportCollator:
@@ -472,7 +476,8 @@ FINDINGS_TERMS: dict[str, tuple[str, ...]] = {
     "axial": ("axial",), "coronal": ("coronal",), "sagittal": ("sagittal",),
     "frontal": ("frontal", "posteroanterior", "anteroposterior"),
     "contrast": ("contrast", "enhanced", "enhancing", "enhance"), "window": ("window",),
-    "head": ("head", "skull", "brain", "cerebellum", "temporal lobe"), "chest": ("chest", "thorax", "thoracic"),
+    "head": ("head", "skull", "brain", "cerebellum", "temporal lobe"),
+    "chest": ("chest", "thorax", "thoracic"),
     "lung": ("lung", "pulmonary"), "heart": ("heart", "cardiac", "ventricle", "atrium", "aorta", "aortic"),
     "abdomen": ("abdomen", "abdominal"), "liver": ("liver", "hepatic"), "kidney": ("kidney", "renal"),
     "pelvis": ("pelvis", "pelvic", "bladder"), "spine": ("spine", "vertebra", "vertebral", "spinal"),
@@ -492,7 +497,7 @@ def findings_terms(text: str) -> set[str]:
 
 
 def keyword_recall(prediction: str, reference: str) -> float | None:
-    """The share of the reference's findings terms that the prediction also names (None: reference has none)."""
+    """The share of the reference's findings terms the prediction also names (None if it has none)."""
     wanted = findings_terms(reference)
     if not wanted:
         return None

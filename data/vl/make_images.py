@@ -73,8 +73,10 @@ def source_path(source: Source) -> Path:
 
 
 def _first(value) -> float:
-    return float(value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not
-                 isinstance(value, (str, float, int)) else value)
+    """The first of a multi-valued DICOM element (several windows may be stored), or the value itself."""
+    from pydicom.multival import MultiValue
+
+    return float(value[0] if isinstance(value, MultiValue) else value)
 
 
 def to_display(ds, pixels: np.ndarray, window) -> np.ndarray:
@@ -133,7 +135,8 @@ def main() -> None:
     for source in SOURCES:
         image = render(source)
         image.save(out / source.png, optimize=True)
-        print(f"{source.png:<32} {image.size[0]}x{image.size[1]} {image.mode:<4} from {source.package}:{source.dicom}")
+        size = f"{image.size[0]}x{image.size[1]}"
+        print(f"{source.png:<32} {size:<8} {image.mode:<4} from {source.package}:{source.dicom}")
 
 
 if __name__ == "__main__":
