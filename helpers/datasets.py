@@ -51,6 +51,10 @@ VL_SOURCES: dict[str, VLSource] = {
         stream=True, licence="see the dataset card (gated, research use)"),
 }
 
+# The offline samples in data/vl/ use Radiology_mini's columns, whichever dataset was asked for.
+VL_OFFLINE = VLSource("data/vl", None, ("train", "test"), image="image", caption="caption", id="image_id",
+                      stream=False, licence="images: see data/vl/README.md; reports: Apache-2.0")
+
 
 @dataclass
 class VLSet:
@@ -154,11 +158,10 @@ def load_vl_sets(name: str = "unsloth/Radiology_mini", n_train: int = 8, n_eval:
     eval_split, eval_start = (source.splits[-1], 0) if len(source.splits) > 1 else (source.splits[0], n_train)
     train_rows = _hub_rows(source, source.splits[0], 0, n_train, hub)
     if train_rows is None:
-        offline = VLSource(**{**source.__dict__, "image": "image", "caption": "caption", "id": "image_id"})
         origin = "offline samples (data/vl)"
-        train = vl_examples(read_offline_vl_rows("train")[:n_train], offline, instruction=instruction,
+        train = vl_examples(read_offline_vl_rows("train")[:n_train], VL_OFFLINE, instruction=instruction,
                             max_pixels=max_pixels, origin=origin)
-        held_out = vl_examples(read_offline_vl_rows("test")[:n_eval], offline, instruction=instruction,
+        held_out = vl_examples(read_offline_vl_rows("test")[:n_eval], VL_OFFLINE, instruction=instruction,
                                max_pixels=max_pixels, origin=origin)
         return train, held_out
     eval_rows = _hub_rows(source, eval_split, eval_start, n_eval, hub) or []
