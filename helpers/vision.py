@@ -15,6 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
+from helpers.datasets import vl_messages
 from helpers.errors import CourseError
 from helpers.hub import cache_dir, embedded_model_dir, resolve_model
 from helpers.models import _torch_dtype, pick_backend
@@ -167,13 +168,6 @@ def load_vl_processor(folder: str | Path):
     )
 
 
-def pixel_budget(processor) -> int:
-    """The most pixels the processor keeps per image; larger images are shrunk to this first."""
-    size = processor.image_processor.size
-    longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-    return int(longest or getattr(processor.image_processor, "max_pixels", None) or REAL_MAX_PIXELS)
-
-
 # --- configs and checkpoints built locally --------------------------------------------------------
 
 def vl_config(family: str, shape: dict, processor):
@@ -192,7 +186,8 @@ def vl_config(family: str, shape: dict, processor):
     config_class = {"qwen3_vl": Qwen3VLConfig, "qwen2_5_vl": Qwen2_5_VLConfig}[family]
     config = config_class(text_config=text, vision_config=dict(shape["vision"]),
                           tie_word_embeddings=text["tie_word_embeddings"], **ids)
-    config.pad_token_id = tokenizer.pad_token_id
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):  # the trainer checks these agree
+        setattr(config, name, getattr(tokenizer, name))
     return config
 
 
@@ -218,8 +213,8 @@ def make_tiny_vl_model(dest: str | Path | None = None, family: str = "qwen3_vl",
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(vl_config(family, TINY_SHAPES[family], processor),
                                                     dtype=torch.float32)
-    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids(TURN_END)
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, name, getattr(processor.tokenizer, name))
     return _save_atomically(model, processor, dest)
 
 
@@ -405,11 +400,6 @@ class ReportCollator:
 
 # --- captions -------------------------------------------------------------------------------
 
-def caption_messages(instruction: str) -> list[dict]:
-    """The user turn that asks for a report: the image, then the instruction."""
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-
-
 def generate_captions(model, processor, images: list, instruction: str, *, max_new_tokens: int = 64,
                       batch_size: int = 4) -> list[str]:
     """A report for each image, greedy, ``batch_size`` images at a time."""
@@ -423,7 +413,7 @@ def generate_captions(model, processor, images: list, instruction: str, *, max_n
     model.eval()
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # generation continues from the last token of every row
-    prompt = chat_text(processor, caption_messages(instruction), add_generation_prompt=True)
+    prompt = chat_text(processor, vl_messages(None, instruction), add_generation_prompt=True)
     stop = tokenizer.convert_tokens_to_ids(TURN_END)
     captions: list[str] = []
     for start in range(0, len(images), batch_size):
