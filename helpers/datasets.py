@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from helpers.errors import CourseError
+from helpers.hub import resolve_dataset
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -46,8 +47,11 @@ def read_records(path: Path) -> list:
         raise CourseError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): "
                           "fix or replace it.") from err
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}: the rows inside
-        data = next((data[k] for k in _CONTAINER_KEYS if isinstance(data.get(k), list)), [data])
-    return data if isinstance(data, list) else [data]
+        data = next((data[k] for k in _CONTAINER_KEYS if isinstance(data.get(k), list)), data)
+    if not isinstance(data, list):
+        raise CourseError(f"{path} should hold a JSON list of rows (or an object with one under "
+                          f"{', '.join(repr(k) for k in _CONTAINER_KEYS[:3])}…): fix or replace the file.")
+    return data
 
 
 _CONTAINER_KEYS = ("data", "rows", "items", "train", "validation", "val", "test")
@@ -416,3 +420,500 @@ def open_prompt(item: OpenItem) -> str:
 def chance_accuracy(items: list[MCQItem]) -> float:
     """The accuracy of guessing uniformly at random: 1/5 for CMB, 1/4 for MedQA, averaged."""
     return sum(1 / len(i.options) for i in items) / len(items) if items else 0.0
+
+
+# === SFT sets (03): medical chain-of-thought ==================================================
+#
+# Two real sources of medical chain-of-thought, each with its own column names:
+#   medical-o1-reasoning-SFT   Question, Complex_CoT, Response   (configs "en" and "zh")
+#   delicate_medical_r1_data   question, think, answer
+# Both become an SFTExample: a question, the reasoning (the think block) and the final answer.
+
+SFT_DIR = DATA_DIR / "sft"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass(frozen=True)
+class SFTSource:
+    """A real SFT dataset: its hub id, the hub it lives on, its files (by language) and column names.
+
+    The offline samples in data/sft/ copy the real file names, so one reader serves both.
+    """
+
+    hub_id: str
+    hub: str  # "huggingface" or "modelscope": where the dataset is published
+    files: dict[str, str]  # file name -> language ("en" or "zh")
+    columns: tuple[str, str, str]  # question, reasoning, answer
+
+
+SFT_SOURCES: dict[str, SFTSource] = {
+    "medical-o1-reasoning-SFT": SFTSource(
+        "FreedomIntelligence/medical-o1-reasoning-SFT", "huggingface",
+        {"medical_o1_sft.json": "en", "medical_o1_sft_Chinese.json": "zh"},  # the "en" and "zh" configs
+        ("Question", "Complex_CoT", "Response")),
+    "delicate_medical_r1_data": SFTSource(
+        "krisfu/delicate_medical_r1_data", "modelscope", {"r1_data_example.jsonl": "zh"},
+        ("question", "think", "answer")),
+}
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One training example: the question, the reasoning that goes in the think block, the answer."""
+
+    question: str
+    reasoning: str
+    answer: str
+    language: str  # "en" or "zh"
+    source: str  # a key of SFT_SOURCES
+
+
+@dataclass
+class SFTSet:
+    """The examples loaded for SFT, where each source came from, and what was skipped and why."""
+
+    examples: list[SFTExample]
+    origins: dict[str, str] = field(default_factory=dict)  # source -> the folder its files were read from
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def counts(self) -> Counter:
+        """How many examples each (source, language) contributes."""
+        return Counter((ex.source, ex.language) for ex in self.examples)
+
+
+def _strip_think_tags(text: str) -> str:
+    # Some sources already wrap the reasoning in <think> tags; the chat format adds them once.
+    return text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
+
+
+def map_sft_rows(rows: list[dict], source: str, language: str) -> tuple[list[SFTExample], Counter]:
+    """The rows of ``source``'s schema as SFTExamples, and a count of the rows skipped, by reason."""
+    q_col, r_col, a_col = SFT_SOURCES[source].columns
+    examples, skipped, seen = [], Counter(), set()
+    for row in rows:
+        values = [row.get(col) if isinstance(row, dict) else None for col in (q_col, r_col, a_col)]
+        if not all(isinstance(v, str) for v in values):
+            skipped["missing column"] += 1
+            continue
+        question, reasoning, answer = values[0].strip(), _strip_think_tags(values[1]), values[2].strip()
+        if not (question and reasoning and answer):
+            skipped["empty field"] += 1
+        elif question in seen:
+            skipped["duplicate question"] += 1
+        else:
+            seen.add(question)
+            examples.append(SFTExample(question, reasoning, answer, language, source))
+    return examples, skipped
+
+
+def read_sft_source(folder: Path, source: str, languages: tuple[str, ...]) -> dict[str, list[dict]]:
+    """The raw rows of ``source``'s files in ``folder`` (a hub snapshot or data/sft/), by language."""
+    rows: dict[str, list[dict]] = {}
+    for name, language in SFT_SOURCES[source].files.items():
+        if language not in languages:
+            continue
+        path = Path(folder) / name
+        if not path.is_file():
+            names = ", ".join(SFT_SOURCES[source].files)
+            raise CourseError(f"{path} is missing: the {source} files are {names}.")
+        rows.setdefault(language, []).extend(read_records(path))
+    return rows
+
+
+def interleave(groups: list[list[SFTExample]], limit: int | None) -> list[SFTExample]:
+    """Take one example from each group in turn, so every source and language gets an equal share."""
+    picked, queues = [], [list(g) for g in groups if g]
+    while queues and (limit is None or len(picked) < limit):
+        for queue in list(queues):
+            if limit is not None and len(picked) >= limit:
+                break
+            picked.append(queue.pop(0))
+            if not queue:
+                queues.remove(queue)
+    return picked
+
+
+def load_sft_examples(
+    sources: tuple[str, ...] = tuple(SFT_SOURCES),
+    languages: tuple[str, ...] = ("en", "zh"),
+    limit: int | None = None,
+    seed: int = 0,
+    samples: Path = SFT_DIR,
+    hub_source: str | None = None,
+) -> SFTSet:
+    """Up to ``limit`` SFT examples from ``sources`` in ``languages``: the real datasets when their hub
+    answers, the course's samples otherwise; shuffled with ``seed`` and balanced across groups.
+
+    ``hub_source`` forces one hub; by default each dataset comes from the hub it is published on.
+    """
+    unknown = [s for s in sources if s not in SFT_SOURCES]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise CourseError(f"Unknown SFT source {names}: choose from {', '.join(SFT_SOURCES)}.")
+    result = SFTSet([])
+    groups: dict[tuple[str, str], list[SFTExample]] = {}
+    for source in sources:
+        spec = SFT_SOURCES[source]
+        found = resolve_dataset(spec.hub_id, source=hub_source or spec.hub)
+        folder = found.path if found is not None else Path(samples)
+        result.origins[source] = str(folder)
+        for language, rows in read_sft_source(folder, source, languages).items():
+            examples, skipped = map_sft_rows(rows, source, language)
+            result.skipped.update(skipped)
+            groups.setdefault((source, language), []).extend(examples)
+    rng = random.Random(seed)
+    for key in sorted(groups):
+        rng.shuffle(groups[key])
+    result.examples = interleave([groups[k] for k in sorted(groups)], limit)
+    if not result.examples:
+        raise CourseError(f"No SFT examples in {', '.join(languages)} from {', '.join(sources)}: "
+                          "widen LANGUAGES or SOURCES.")
+    return result
+
+
+def to_messages(example: SFTExample, system: str | None = None) -> list[dict[str, str]]:
+    """The example as chat messages; the assistant turn is the think block, then the answer.
+
+    The whitespace is Qwen3's own thinking format, so its template renders the turn unchanged.
+    """
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": example.question})
+    messages.append({"role": "assistant",
+                     "content": f"{THINK_OPEN}\n{example.reasoning}\n{THINK_CLOSE}\n\n{example.answer}"})
+    return messages
+
+
+def to_prompt_completion(tokenizer, example: SFTExample, system: str | None = None) -> dict[str, str]:
+    """The example rendered with the model's chat template and split where generation starts.
+
+    ``prompt`` is exactly what generation sends (the template with its generation prompt), and
+    ``completion`` is the rest of the rendered conversation, ending with the end-of-turn token:
+    the only tokens the loss is computed on.
+    """
+    messages = to_messages(example, system)
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise CourseError("This chat template renders the assistant turn differently from its generation "
+                          "prompt, so training and generation would disagree: use the model's own template.")
+    completion = full[len(prompt):]
+    eos = tokenizer.eos_token
+    if eos and eos in completion:  # stop at the turn's end; the newline after it is the next turn's business
+        completion = completion[: completion.rindex(eos) + len(eos)]
+    return {"prompt": prompt, "completion": completion}
+
+
+def count_tokens(tokenizer, rows: list[dict[str, str]]) -> list[int]:
+    """Tokens in prompt + completion of each row, as the trainer will count them."""
+    texts = [row["prompt"] + row["completion"] for row in rows]
+    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+
+def drop_overlong(rows: list[dict], lengths: list[int], max_tokens: int) -> tuple[list[dict], int]:
+    """The rows of at most ``max_tokens`` tokens, and how many were dropped (never silently truncated)."""
+    kept = [row for row, n in zip(rows, lengths, strict=True) if n <= max_tokens]
+    return kept, len(rows) - len(kept)
+
+
+# === GRPO sets (06): verifiable questions with a gold answer ==================================
+# GRPO needs prompts whose answers a rule can check. Two kinds:
+#   medical-o1-verifiable-problem   "Open-ended Verifiable Question", "Ground-True Answer" (short text)
+#   exam questions (CMB-Exam, MedQA) mapped as for evaluation; the gold is the option letter
+# From the hub the exam questions come from the training splits. Offline they come from the
+# evaluation samples in data/eval/, so every item of the run's evaluation set (written by 01) is
+# held out: GRPO must never train on a test item.
+
+@dataclass(frozen=True)
+class GRPOSource:
+    """A dataset of verifiable questions: hub id, files inside its snapshot, the offline sample."""
+
+    name: str
+    kind: str  # "open" (a short gold answer) or "mcq" (a gold option letter)
+    hub_id: str
+    files: tuple[str, ...]  # glob patterns inside the hub snapshot, best first (training splits)
+    sample: str  # the offline sample, relative to data/
+
+
+GRPO_SOURCES = {
+    "medical-o1-verifiable-problem": GRPOSource(
+        "medical-o1-verifiable-problem", "open", "FreedomIntelligence/medical-o1-verifiable-problem",
+        ("medical_o1_verifiable_problem.json", "**/*.json"), "grpo/medical_o1_verifiable_problem.json"),
+    "cmb-exam": GRPOSource(
+        "cmb-exam", "mcq", "FreedomIntelligence/CMB",
+        ("CMB-Exam/CMB-train/CMB-train-merge.json", "**/CMB-train-merge.json"), "eval/cmb_exam.json"),
+    "medqa": GRPOSource(
+        "medqa", "mcq", "GBaker/MedQA-USMLE-4-options",
+        ("phrases_no_exclude_train.jsonl", "**/*train*.jsonl", "**/train-*.parquet"),
+        "eval/medqa_4options.jsonl"),
+}
+NOT_HELD_OUT = "evaluation sample, 01 has not run"
+
+
+@dataclass(frozen=True)
+class GRPOItem:
+    """One verifiable question, whatever dataset it came from."""
+
+    question: str  # the user turn: the question (for an exam question: instruction, stem and options)
+    answer: str  # the gold answer: a short text, or the option letter
+    choices: str  # "" for an open question; the option letters ("ABCD") for an exam question
+    source: str
+    language: str  # "zh" or "en"
+
+
+def map_verifiable_problem(record: dict, index: int = 0) -> GRPOItem:
+    """A medical-o1-verifiable-problem row: an open question and its short ground-truth answer."""
+    if not isinstance(record, dict):
+        raise Skip("malformed")
+    question = _text(record, "Open-ended Verifiable Question")
+    answer = _text(record, "Ground-True Answer")
+    if not question or not answer:
+        raise Skip("empty")
+    return GRPOItem(question, answer, "", "medical-o1-verifiable-problem", detect_language(question))
+
+
+def grpo_item_from_exam(item: MCQItem) -> GRPOItem:
+    """An exam question as a GRPO prompt: the same instruction and layout as in 02 and 04."""
+    return GRPOItem(mcq_prompt(item), item.answer, "".join(item.options), item.source, item.language)
+
+
+def question_key(text: str) -> str:
+    """A question reduced to its letters and digits, to find the same question written twice."""
+    return re.sub(r"[\W_]+", "", text).casefold()
+
+
+def read_grpo_source(name: str, offline: bool = False) -> tuple[list, str, bool]:
+    """(rows, origin, is_sample) of a GRPO source: the hub (or a local folder), else the sample in data/."""
+    from helpers.hub import resolve_dataset
+
+    if name not in GRPO_SOURCES:
+        raise CourseError(f"Unknown GRPO source {name!r}: choose from {', '.join(GRPO_SOURCES)}.")
+    source = GRPO_SOURCES[name]
+    resolved = None if offline else resolve_dataset(source.hub_id)
+    if resolved is None:
+        return read_records(DATA_DIR / source.sample), f"offline sample data/{source.sample}", True
+    for pattern in source.files:
+        found = sorted(resolved.path.glob(pattern))
+        if found:
+            return read_records(found[0]), f"{source.hub_id} ({resolved.origin}) {found[0].name}", False
+    raise CourseError(f"No file like {source.files[0]} in {resolved.path}: pass the {source.hub_id} "
+                      "dataset as it is on the hub, or set OFFLINE = True to use the course's samples.")
+
+
+def evaluation_questions(run: Path) -> set[str] | None:
+    """The question keys of the exam set 01_eval_data saved in the run dir; None when 01 has not run."""
+    path = run / "eval" / "mcq.jsonl"
+    if not path.is_file():
+        return None
+    return {question_key(r["question"]) for r in read_records(path)
+            if isinstance(r, dict) and isinstance(r.get("question"), str)}
+
+
+def _map_grpo_row(name: str, row: object, index: int) -> tuple[GRPOItem, str]:
+    """(item, key of its question) of one row, de-identified; raises Skip for an unusable row."""
+    if isinstance(row, _Unreadable):
+        raise Skip("malformed")
+    if GRPO_SOURCES[name].kind == "open":
+        item = map_verifiable_problem(row, index)
+        question, _ = deidentify(item.question)
+        return GRPOItem(question, item.answer, "", name, item.language), question_key(question)
+    exam = MAPPERS[name](row, index)
+    exam.question, _ = deidentify(exam.question)  # as 01 does, so its held-out keys match
+    return grpo_item_from_exam(exam), question_key(exam.question)
+
+
+def load_grpo_items(sources: tuple[str, ...] | list[str], limit: int, *, offline: bool = False,
+                    held_out: set[str] | None = None, seed: int = 0) -> tuple[list[GRPOItem], list[dict]]:
+    """Up to ``limit`` verifiable questions drawn in turn from ``sources``, and a report row per source.
+
+    ``held_out`` holds the question keys of the evaluation set (``evaluation_questions``): exam
+    questions among them are skipped. Read offline, the exam samples *are* the evaluation samples,
+    so without ``held_out`` (01 has not run) they are left out entirely, and the report says so.
+    """
+    rng = random.Random(seed)
+    groups, report = [], []
+    seen: set[str] = set()
+    for name in sources:
+        rows, origin, is_sample = read_grpo_source(name, offline)
+        skipped: Counter = Counter()
+        items: list[GRPOItem] = []
+        if GRPO_SOURCES[name].kind == "mcq" and is_sample and held_out is None:
+            skipped[NOT_HELD_OUT] = len(rows)
+        for index, row in enumerate(rows if not skipped else []):
+            try:
+                item, key = _map_grpo_row(name, row, index)
+            except Skip as skip:
+                skipped[str(skip) if str(skip) in EVAL_SKIP_REASONS else "malformed"] += 1
+                continue
+            if key in seen:
+                skipped["duplicate"] += 1
+            elif held_out and key in held_out:
+                skipped["in the evaluation set"] += 1
+            else:
+                seen.add(key)
+                items.append(item)
+        rng.shuffle(items)
+        groups.append(items)
+        report.append({"source": name, "origin": origin, "read": len(rows), "usable": len(items),
+                       **{f"skipped: {k}": v for k, v in sorted(skipped.items())}})
+    chosen: list[GRPOItem] = []
+    while len(chosen) < limit and any(groups):  # one from each source in turn
+        for group in groups:
+            if group and len(chosen) < limit:
+                chosen.append(group.pop(0))
+    for row in report:
+        row["used"] = sum(item.source == row["source"] for item in chosen)
+    return chosen, report
+
+
+# === Vision-language sets (05) ================================================================
+#
+# Image + report pairs become a two-turn chat: the user turn holds the image and the instruction,
+# the assistant turn holds the report. That is the form the chat template, the collator and
+# generation all read.
+
+VL_INSTRUCTION = ("You are a radiologist. Describe this medical image: the imaging modality, the view, "
+                  "the anatomy shown and any abnormal findings.")
+VL_OFFLINE_DIR = DATA_DIR / "vl"
+
+
+@dataclass(frozen=True)
+class VLSource:
+    """Where a real image + report dataset lives and which columns hold the image, report and id."""
+
+    hub_id: str
+    config: str | None
+    splits: tuple[str, ...]  # the splits it publishes; held-out rows come from the last one
+    image: str
+    caption: str
+    id: str
+    stream: bool  # read row by row: the whole dataset is far too big to download for a class
+    licence: str
+
+
+VL_SOURCES: dict[str, VLSource] = {
+    # 1,978 train / 327 test radiology images with captions, sampled from ROCOv2 (PubMed Central).
+    "unsloth/Radiology_mini": VLSource(
+        "unsloth/Radiology_mini", None, ("train", "test"), image="image", caption="caption", id="image_id",
+        stream=False, licence="CC BY-NC 2.0 (dataset card)"),
+    # The demo subset (~162k rows) of MedTrinity-25M; gated: accept its terms on the hub page first.
+    "UCSC-VLAA/MedTrinity-25M": VLSource(
+        "UCSC-VLAA/MedTrinity-25M", "25M_demo", ("train",), image="image", caption="caption", id="id",
+        stream=True, licence="see the dataset card (gated, research use)"),
+}
+
+# The offline samples in data/vl/ use Radiology_mini's columns, whichever dataset was asked for.
+VL_OFFLINE = VLSource("data/vl", None, ("train", "test"), image="image", caption="caption", id="image_id",
+                      stream=False, licence="images: see data/vl/README.md; reports: Apache-2.0")
+
+
+@dataclass
+class VLSet:
+    """Image + report examples ready for training, and what was skipped on the way."""
+
+    examples: list[dict]  # {"id", "messages", "images", "report"}
+    origin: str  # the hub id, or "offline samples (data/vl)"
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def summary(self) -> str:
+        skipped = sum(self.skipped.values())
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
+        return (f"{len(self.examples)} image + report pairs from {self.origin}; skipped {skipped}"
+                + (f" ({reasons})" if reasons else ""))
+
+
+def vl_messages(report: str | None, instruction: str = VL_INSTRUCTION) -> list[dict]:
+    """The chat for one pair: a user turn (image, instruction) and, for training, the report turn."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    if report is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": report}]})
+    return messages
+
+
+def vl_examples(rows: list[dict], source: VLSource, *, instruction: str = VL_INSTRUCTION,
+                max_pixels: int | None = None, origin: str = "") -> VLSet:
+    """Map rows of a real schema to examples; bad images and empty reports are skipped and counted."""
+    from helpers.images import DEFAULT_MAX_PIXELS, UnusableImage, prepare_image
+
+    examples, skipped = [], {}
+    for row in rows:
+        report = str(row.get(source.caption) or "").strip()
+        if not report:
+            skipped["no report"] = skipped.get("no report", 0) + 1
+            continue
+        try:
+            image = prepare_image(row.get(source.image), max_pixels or DEFAULT_MAX_PIXELS)
+        except UnusableImage as err:
+            skipped[str(err)] = skipped.get(str(err), 0) + 1
+            continue
+        examples.append({"id": str(row.get(source.id, len(examples))), "images": [image], "report": report,
+                         "messages": vl_messages(report, instruction)})
+    return VLSet(examples, origin or source.hub_id, skipped)
+
+
+def read_offline_vl_rows(split: str, folder: Path = VL_OFFLINE_DIR) -> list[dict]:
+    """The offline samples of a split, in Radiology_mini's schema; the image column holds a file path."""
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        raise CourseError(f"No offline samples at {path}: the course's data/vl folder is incomplete.")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        row["image"] = str(folder / row["image"])
+    return rows
+
+
+def _hub_rows(source: VLSource, split: str, start: int, n: int, hub: str | None) -> list[dict] | None:
+    """Rows [start, start + n) of a split from the hub; None when no hub is reachable."""
+    from helpers import hub as hubs
+
+    try:
+        if source.stream:
+            if not hubs.hub_reachable("huggingface"):
+                print(f"No hub reachable: using the course's offline samples instead of {source.hub_id}.")
+                return None
+            from datasets import load_dataset
+
+            stream = load_dataset(source.hub_id, source.config, split=split, streaming=True)
+            return list(stream.skip(start).take(n))
+        folder = hubs.resolve_dataset(source.hub_id, source=hub)
+        if folder is None:
+            return None
+        from datasets import load_dataset
+
+        data = load_dataset(str(folder.path), source.config, split=split)
+        return [data[i] for i in range(start, min(start + n, len(data)))]
+    except CourseError:
+        raise
+    except Exception as err:  # gated, renamed or unreadable: one sentence saying what to do
+        raise CourseError(
+            f"Could not read {source.hub_id} ({type(err).__name__}: {str(err).splitlines()[0][:160]}): if it "
+            "is gated, accept its terms on its hub page and log in (`hf auth login`); or choose "
+            "unsloth/Radiology_mini."
+        ) from err
+
+
+def load_vl_sets(name: str = "unsloth/Radiology_mini", n_train: int = 8, n_eval: int = 4, *,
+                 instruction: str = VL_INSTRUCTION, max_pixels: int | None = None,
+                 hub: str | None = None) -> tuple[VLSet, VLSet]:
+    """(train, held-out) image + report sets of a real dataset, or of the offline samples when offline.
+
+    Held-out rows come from the dataset's test split where it has one, else from the rows after
+    the training rows, so no image is in both.
+    """
+    if name not in VL_SOURCES:
+        raise CourseError(f"Unknown vision-language dataset {name!r}: choose one of {', '.join(VL_SOURCES)}.")
+    source = VL_SOURCES[name]
+    eval_split, eval_start = (source.splits[-1], 0) if len(source.splits) > 1 else (source.splits[0], n_train)
+    train_rows = _hub_rows(source, source.splits[0], 0, n_train, hub)
+    if train_rows is None:
+        origin = "offline samples (data/vl)"
+        train = vl_examples(read_offline_vl_rows("train")[:n_train], VL_OFFLINE, instruction=instruction,
+                            max_pixels=max_pixels, origin=origin)
+        held_out = vl_examples(read_offline_vl_rows("test")[:n_eval], VL_OFFLINE, instruction=instruction,
+                               max_pixels=max_pixels, origin=origin)
+        return train, held_out
+    eval_rows = _hub_rows(source, eval_split, eval_start, n_eval, hub) or []
+    return (vl_examples(train_rows, source, instruction=instruction, max_pixels=max_pixels),
+            vl_examples(eval_rows, source, instruction=instruction, max_pixels=max_pixels))

@@ -7,11 +7,14 @@ names are shown in English instead of as empty boxes. ``apt install fonts-noto-c
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+
+from matplotlib.figure import Figure
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
              "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC",
@@ -197,4 +200,207 @@ def plot_open_scores(summaries: Mapping[str, Mapping], title: str = "Clinical ca
                xlabel="metric (risky advice: lower is better)")
         ax.legend(title="model")
         fig.canvas.draw()
+    return fig
+
+
+# --- SFT plots (03) ---------------------------------------------------------------------------
+
+
+def plot_length_histogram(lengths: dict[str, Sequence[int]], max_tokens: int, bins: int = 30):
+    """Histogram of example lengths in tokens, one colour per group, with the length limit marked."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    every = [n for values in lengths.values() for n in values]
+    top = max([*every, max_tokens]) if every else max_tokens
+    edges = [top * k / bins for k in range(bins + 1)]
+    for label, values in lengths.items():
+        ax.hist(list(values), bins=edges, alpha=0.6, label=f"{label} (n={len(values)})")
+    over = sum(n > max_tokens for n in every)
+    ax.axvline(max_tokens, color="black", linestyle="--", label=f"limit {max_tokens} ({over} over)")
+    ax.set(title="Training example length (prompt + completion)", xlabel="length (tokens)",
+           ylabel="examples")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curve(points: Sequence[tuple[int, float]], title: str = "SFT training loss"):
+    """Training loss against optimizer step, from ``helpers.training.loss_curve``."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    if points:
+        steps, losses = zip(*points, strict=True)
+        ax.plot(steps, losses, marker="o", markersize=3)
+        ax.annotate(f"{losses[0]:.2f}", (steps[0], losses[0]), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(f"{losses[-1]:.2f}", (steps[-1], losses[-1]), textcoords="offset points", xytext=(4, 4))
+    else:
+        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss (nats / token)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --- GRPO (06) -----------------------------------------------------------------------------
+
+def plot_grpo_history(history, weights: Mapping[str, float] | None = None, max_tokens: int | None = None,
+                      title: str = "GRPO training"):
+    """Four panels from ``helpers.grpo.reward_history``: each reward's mean, the total reward (± one
+    standard deviation across the step's answers), the KL divergence from the reference, and the
+    answer length against the limit."""
+    import matplotlib.pyplot as plt
+
+    steps = list(history.index)
+    names = [c for c in history.columns if c.endswith("_reward")]
+    with _style():
+        fig, ((rewards_ax, total_ax), (kl_ax, length_ax)) = plt.subplots(
+            2, 2, figsize=(11, 7), sharex=True, layout="constrained")
+        plt.close(fig)  # returned, not shown twice
+        for i, name in enumerate(names):
+            weight = f" (weight {weights[name]:.2f})" if weights and name in weights else ""
+            rewards_ax.plot(steps, history[name], marker="o", markersize=3, color=f"C{i}",
+                            label=name.removesuffix("_reward") + weight)
+        rewards_ax.set(title="Each reward's mean per step", ylabel="reward (its own scale)")
+        if names:
+            rewards_ax.legend(fontsize=8)
+        if "reward" in history:
+            total_ax.plot(steps, history["reward"], marker="o", markersize=3, color="black", label="mean")
+            if "reward_std" in history:
+                spread = history["reward_std"].fillna(0)
+                total_ax.fill_between(steps, history["reward"] - spread, history["reward"] + spread,
+                                      alpha=0.2, color="grey", label="± 1 std across answers")
+            total_ax.legend(fontsize=8)
+        total_ax.set(title="Total reward", ylabel="reward (weighted sum of the rewards)")
+        if "kl" in history:
+            kl_ax.plot(steps, history["kl"], marker="o", markersize=3, color="tab:red")
+        else:
+            kl_ax.text(0.5, 0.5, "no KL logged (beta = 0)", ha="center", va="center",
+                       transform=kl_ax.transAxes)
+        kl_ax.set(title="KL divergence from the reference", xlabel="step", ylabel="KL (nats per token)")
+        if "completions/mean_length" in history:
+            length_ax.plot(steps, history["completions/mean_length"], marker="o", markersize=3,
+                           color="tab:green", label="mean length")
+        if max_tokens:
+            length_ax.axhline(max_tokens, ls="--", color="k", lw=1, label=f"limit ({max_tokens})")
+        length_ax.set(title="Answer length", xlabel="step", ylabel="length (tokens)")
+        length_ax.legend(fontsize=8)
+        fig.suptitle(title)
+        fig.canvas.draw()
+    return fig
+
+
+def plot_before_after_rewards(before: Mapping[str, float], after: Mapping[str, float],
+                              labels: Sequence[str] = ("before", "GRPO"),
+                              title: str = "Held-out questions: mean reward before and after GRPO"):
+    """Grouped bars: each reward's mean (and the total) on the same held-out questions, before and after."""
+    names = [n for n in before if n in after]
+    with _style():
+        fig, ax = _figure(8, 3.8)
+        for i, (offset, name, scores) in enumerate(zip((-0.2, 0.2), labels, (before, after), strict=True)):
+            bars = ax.bar([k + offset for k in range(len(names))], [scores[n] for n in names], 0.4,
+                          label=name, color=_colour(name, i))
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set_xticks(range(len(names)), [n.removesuffix("_reward") for n in names])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(title=title, xlabel="reward", ylabel="mean over the questions (greedy answers)")
+        ax.legend(title="model")
+        fig.canvas.draw()
+    return fig
+
+
+# --- Vision-language plots (05) -----------------------------------------------------------------
+
+
+def _vl_figure(width: float, height: float):
+    """A new figure, closed in pyplot so that a notebook shows it once: as the value we return."""
+    import matplotlib.pyplot as plt  # pyplot sets up the notebook's image display
+
+    fig = plt.figure(figsize=(width, height))
+    plt.close(fig)
+    return fig
+
+
+def _wrap(text: str, width: int, max_lines: int) -> str:
+    lines = textwrap.wrap(text or "(empty)", width)
+    return "\n".join(lines[:max_lines] + (["…"] if len(lines) > max_lines else []))
+
+
+def show_vl_examples(images: Sequence, reports: Sequence[str], titles: Sequence[str] = (), columns: int = 4,
+                     title: str = "Image + report pairs"):
+    """A grid of images, each with the start of its report underneath."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig = _vl_figure(3.2 * columns, 4.2 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for k, ax in enumerate(axes):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(images[k])
+        ax.set_title(titles[k] if k < len(titles) else f"example {k + 1}", fontsize=9)
+        ax.text(0.5, -0.04, _wrap(reports[k], 38, 6), transform=ax.transAxes, ha="center", va="top",
+                fontsize=7.5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_caption_comparison(images: Sequence, references: Sequence[str], before: Sequence[str],
+                            after: Sequence[str], scores_before: Sequence[float] = (),
+                            scores_after: Sequence[float] = (), title: str = "Held-out images: base vs SFT"):
+    """One row per image: the image, then the reference report, the base model's and the SFT model's."""
+    n = len(images)
+    fig = _vl_figure(15, 3.3 * n)
+    axes = fig.subplots(n, 4, squeeze=False, gridspec_kw={"width_ratios": [1.1, 1.6, 1.6, 1.6]})
+    for k in range(n):
+        axes[k, 0].imshow(images[k])
+        axes[k, 0].set_title(f"held-out image {k + 1}", fontsize=9)
+        columns = [("reference report", references[k], None),
+                   ("base model", before[k], scores_before[k] if k < len(scores_before) else None),
+                   ("after SFT", after[k], scores_after[k] if k < len(scores_after) else None)]
+        for ax, (label, text, score) in zip(axes[k, 1:], columns, strict=True):
+            heading = label if score is None else f"{label} · ROUGE-L {score:.2f}"
+            ax.set_title(heading, fontsize=9, loc="left")
+            ax.text(0.0, 1.0, _wrap(text, 44, 11), transform=ax.transAxes, va="top", fontsize=8,
+                    family="monospace")
+        for ax in axes[k]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_vl_loss(points: Sequence[tuple[int, float]], title: str = "Vision-language SFT loss"):
+    """Training loss (on the report tokens) against optimizer step."""
+    fig = _vl_figure(7, 3.5)
+    ax = fig.subplots()
+    if points:
+        steps, losses = zip(*points, strict=True)
+        ax.plot(steps, losses, marker="o", markersize=3)
+        for step, loss in ((steps[0], losses[0]), (steps[-1], losses[-1])):
+            ax.annotate(f"{loss:.2f}", (step, loss), textcoords="offset points", xytext=(4, 4))
+    else:
+        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss (nats / report token)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_caption_scores(before: dict[str, float], after: dict[str, float],
+                        title: str = "Held-out reports: base vs SFT"):
+    """Side-by-side bars of each caption score (0 to 1) before and after fine-tuning."""
+    names = list(before)
+    fig = _vl_figure(6, 3.5)
+    ax = fig.subplots()
+    width = 0.38
+    for offset, (label, values) in zip((-width / 2, width / 2), (("base", before), ("after SFT", after)),
+                                       strict=True):
+        bars = ax.bar([i + offset for i in range(len(names))], [values[n] for n in names], width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names])
+    ax.set(title=title, ylabel="score (0 to 1, higher is better)", ylim=(0, 1.05))
+    ax.legend()
+    fig.tight_layout()
     return fig

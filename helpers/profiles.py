@@ -64,7 +64,7 @@ PROFILES: dict[str, Profile] = {
         lora_r=16, lora_alpha=32, full_finetune_ok=True,
         eval_mcq=16, eval_open=4, max_new_tokens=96, eval_batch_size=8,
         sft_examples=120, sft_steps=60, sft_batch_size=4, sft_grad_accum=1,
-        vl_examples=8, vl_steps=20, vl_batch_size=2,
+        vl_examples=11, vl_steps=120, vl_batch_size=2,
         grpo_prompts=16, grpo_steps=6, grpo_generations=4, grpo_max_completion=48,
     ),
     "t4": Profile(

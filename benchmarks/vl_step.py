@@ -1,0 +1,193 @@
+"""Vision-language LoRA training speed and memory: unsloth's FastVisionModel against transformers + peft.
+
+Each measurement loads the model through `load_vl_model` + `add_vl_lora` (the notebook's path), builds
+batches of the course's offline image + report pairs (data/vl) with `ReportCollator`, and runs
+optimizer steps, in a fresh process (unsloth patches transformers on import, so the baseline must
+never see it). It reports tokens/s (image and text tokens), seconds per step and peak GPU memory, and
+unsloth's speed and memory as a ratio of the baseline's, measured on the same machine in the same run.
+
+    python benchmarks/vl_step.py --model Qwen/Qwen3-VL-2B-Instruct --random --tokenizer .bench \\
+        --settings t4,80gb --steps 5 --out vl-bench.json
+
+--random builds a checkpoint with the published Qwen3-VL layer sizes and random weights, and a
+processor built locally (the tokenizer in --tokenizer plus the Qwen-VL vision tokens, which the
+config points at). --tiny measures the cpu profile's tiny model instead: it runs anywhere, a check
+of everything but CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# The training shape of each profile: 4-bit or 16-bit weights, precision, images per batch, LoRA rank.
+SETTINGS = {
+    "t4": dict(load_in_4bit=True, dtype="float16", batch=2, r=16),
+    "24gb": dict(load_in_4bit=True, dtype="bfloat16", batch=4, r=32),
+    "80gb": dict(load_in_4bit=False, dtype="bfloat16", batch=8, r=64),
+}
+
+
+def training_batches(processor, batch: int, max_pixels: int, n: int = 4) -> list[dict]:
+    """``n`` batches of ``batch`` image + report pairs from data/vl (cycled), ready for the model."""
+    from helpers import datasets
+    from helpers.vision import ReportCollator
+
+    pairs = datasets.vl_examples(datasets.read_offline_vl_rows("train"), datasets.VL_OFFLINE,
+                                 max_pixels=max_pixels).examples
+    collator = ReportCollator(processor)
+    return [collator([pairs[(k * batch + i) % len(pairs)] for i in range(batch)]) for k in range(n)]
+
+
+def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int) -> dict:
+    """One backend, one setting: tokens/s over ``steps`` steps after two warm-up steps."""
+    import torch
+
+    from helpers.models import count_parameters
+    from helpers.vision import add_vl_lora, load_vl_model
+
+    s = SETTINGS[setting]
+    cuda = torch.cuda.is_available()
+    began = time.perf_counter()
+    dtype = s["dtype"] if cuda else "float32"  # the CPU check runs in 32-bit
+    model, processor = load_vl_model(folder, load_in_4bit=s["load_in_4bit"], dtype=dtype, backend=backend)
+    model = add_vl_lora(model, r=s["r"], alpha=s["r"], gradient_checkpointing=True)
+    load_seconds = time.perf_counter() - began
+    trainable, total = count_parameters(model)
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    batches = [b.to(device) for b in training_batches(processor, s["batch"], max_pixels)]
+    tokens = [int(b["attention_mask"].sum()) for b in batches]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    losses: list[float] = []
+
+    def step(k: int) -> None:
+        loss = model(**batches[k % len(batches)]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+
+    for k in range(2):
+        step(k)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    for k in range(steps):
+        step(k)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    return {
+        "backend": model.course_backend, "requested": backend, "setting": setting, **s, "steps": steps,
+        "max_pixels": max_pixels, "image_tokens_per_image": _image_tokens(batches[0], processor),
+        "tokens_per_step": sum(tokens[k % len(tokens)] for k in range(steps)) / steps,
+        "tokens_per_s": sum(tokens[k % len(tokens)] for k in range(steps)) / seconds,
+        "seconds_per_step": seconds / steps,
+        "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
+        "load_seconds": load_seconds, "trainable": trainable, "total": total,
+        "first_loss": losses[0], "last_loss": losses[-1],
+        "gpu": torch.cuda.get_device_name(0) if cuda else "cpu",
+    }
+
+
+def _image_tokens(batch, processor) -> float:
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return float((batch["input_ids"] == image_id).sum()) / len(batch["image_grid_thw"])
+
+
+def run_isolated(folder: str, backend: str, setting: str, steps: int, max_pixels: int) -> dict:
+    command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", setting,
+               "--steps", str(steps), "--max-pixels", str(max_pixels)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"backend": backend, "requested": backend, "setting": setting,
+                "error": (done.stderr or done.stdout)[-3000:]}
+    return json.loads(lines[-1])
+
+
+def build_checkpoint(args) -> str:
+    """The model folder to measure: a given folder, the tiny model, or random weights of a real shape."""
+    from helpers import vision
+
+    if args.folder:
+        return args.folder
+    if args.tiny:
+        return str(vision.make_tiny_vl_model())
+    if not args.random:
+        from helpers.hub import resolve_model
+
+        return str(resolve_model(args.model, fallback=False).path)
+    processor = vision.build_vl_processor("qwen3_vl", max_pixels=args.max_pixels,
+                                          tokenizer_dir=args.tokenizer)
+    dest = Path("/tmp/course-random") / args.model
+    began = time.perf_counter()
+    vision.make_random_vl_checkpoint(args.model, dest, processor=processor)
+    print(f"random {args.model} checkpoint ready in {time.perf_counter() - began:.0f} s: {dest}", flush=True)
+    return str(dest)
+
+
+def print_table(title: str, results: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"{'setting':<7} {'backend':<13} {'tokens/s':>9} {'s/step':>7} {'peak GB':>8} {'tok/step':>8}  "
+          "vs transformers")
+    for r in results:
+        if "error" in r:
+            last = r["error"].strip().splitlines()[-1] if r["error"].strip() else "no output"
+            print(f"{r['setting']:<7} {r['requested']:<13} failed: {last[:120]}")
+            continue
+        backend = r["backend"] if r["backend"] == r["requested"] else f"{r['requested']}→{r['backend']}"
+        base = next((b for b in results if b.get("setting") == r["setting"] and "error" not in b
+                     and b.get("backend") == "transformers" and b.get("requested") == "transformers"), None)
+        ratio = ""
+        if base and base is not r:
+            ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x speed"
+            if r["peak_gb"] and base["peak_gb"]:
+                ratio += f", {r['peak_gb'] / base['peak_gb']:.2f}x memory"
+        peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
+        print(f"{r['setting']:<7} {backend:<13} {r['tokens_per_s']:>9.0f} {r['seconds_per_step']:>7.2f} "
+              f"{peak:>8} {r['tokens_per_step']:>8.0f}  {ratio}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Qwen/Qwen3-VL-2B-Instruct",
+                        help="hub id (with --random: its shape)")
+    parser.add_argument("--folder", help="a local model folder (default: build or resolve --model)")
+    parser.add_argument("--random", action="store_true", help="random weights of the model's published shape")
+    parser.add_argument("--tiny", action="store_true", help="the cpu profile's tiny model (no GPU needed)")
+    parser.add_argument("--tokenizer", help="tokenizer folder for --random (default: the embedded model's)")
+    parser.add_argument("--settings", default="t4,80gb")
+    parser.add_argument("--backends", default="transformers,unsloth")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--max-pixels", type=int, default=512 * 512, help="pixel budget per image")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+
+    if args.one:
+        print(json.dumps(measure(args.folder, args.one, args.settings, args.steps, args.max_pixels)))
+        return
+    began = time.perf_counter()
+    folder = build_checkpoint(args)
+    results = [run_isolated(folder, b, s, args.steps, args.max_pixels)
+               for s in args.settings.split(",") for b in args.backends.split(",")]
+    name = "tiny random Qwen3-VL" if args.tiny else args.model
+    if args.random:
+        name += " (random weights, real shape)"
+    print_table(f"{name}: vision-language LoRA training, {args.steps} timed steps", results)
+    print(f"\ntotal {time.perf_counter() - began:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,541 @@
+"""Vision-language models: load one (or build a tiny one), add LoRA, batch image + report pairs, caption.
+
+On a CUDA GPU with unsloth installed the fast path is unsloth's ``FastVisionModel``; anywhere else
+it is transformers + peft. On the ``cpu`` profile the model is a tiny, randomly initialised Qwen-VL
+built here on first use (no download): the real architecture, shrunk until a few training steps
+take seconds on a laptop. It cannot see anything yet; the notebook shows it learning to caption.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from helpers.datasets import vl_messages
+from helpers.errors import CourseError
+from helpers.hub import cache_dir, embedded_model_dir, resolve_model
+from helpers.models import _torch_dtype, pick_backend
+from helpers.profiles import PROFILES, TINY_VL_MODEL, Profile
+
+# The special tokens Qwen-VL models use to place an image (or video) inside the text.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+IMAGE_MARKUP = "<|vision_start|><|image_pad|><|vision_end|>"  # the processor widens <|image_pad|>
+REPORT_START = "<|im_start|>assistant\n"  # the report (the assistant's turn) begins after this
+TURN_END = "<|im_end|>"
+
+# Qwen-VL chat markup: every turn is <|im_start|>role ... <|im_end|>; an image part becomes the
+# vision markup. Content is either a string or a list of {"type": "image"} / {"type": "text"} parts.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '" + IMAGE_MARKUP + "' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+# Architectures built locally. "tiny" sizes train a step in well under a second on two CPU cores;
+# the published sizes (from each model's config.json) are for speed and memory measurements.
+# The tiny text model starts with larger random weights than a real one (initializer_range 0.1, not
+# 0.02): its frozen output layer must be able to make one word of 49k stand out, or no amount of
+# LoRA training can bring the loss down.
+FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+TINY_SHAPES: dict[str, dict] = {
+    "qwen3_vl": dict(
+        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                  rope_parameters=dict(rope_type="default", rope_theta=5_000_000.0,
+                                       mrope_section=[8, 4, 4], mrope_interleaved=True),
+                  tie_word_embeddings=True, initializer_range=0.1),
+        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=16,
+                    spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
+                    num_position_embeddings=256, deepstack_visual_indexes=[1]),
+    ),
+    "qwen2_5_vl": dict(
+        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                  rope_parameters=dict(rope_type="default", rope_theta=1_000_000.0, mrope_section=[4, 6, 6]),
+                  tie_word_embeddings=True, initializer_range=0.1),
+        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128, window_size=112,
+                    fullatt_block_indexes=[1]),
+    ),
+}
+QWEN3_VL_SHAPES: dict[str, dict] = {
+    "Qwen/Qwen3-VL-2B-Instruct": dict(
+        text=dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
+                  rope_parameters=dict(rope_type="default", rope_theta=5_000_000.0,
+                                       mrope_section=[24, 20, 20], mrope_interleaved=True),
+                  tie_word_embeddings=True, vocab_size=151936),
+        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, patch_size=16,
+                    spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048,
+                    num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17]),
+    ),
+    "Qwen/Qwen3-VL-4B-Instruct": dict(
+        text=dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                  num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
+                  rope_parameters=dict(rope_type="default", rope_theta=5_000_000.0,
+                                       mrope_section=[24, 20, 20], mrope_interleaved=True),
+                  tie_word_embeddings=True, vocab_size=151936),
+        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, patch_size=16,
+                    spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2560,
+                    num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17]),
+    ),
+}
+TINY_MAX_PIXELS = 256 * 256  # at most 64 image tokens per picture on the cpu profile
+REAL_MAX_PIXELS = 512 * 512  # the course's budget for real models: ~256 image tokens, fits a T4
+
+
+# --- the processor: tokenizer with vision tokens + image processor + chat template --------------
+
+def _processor_class(family: str):
+    """The family's processor, accepted without torchvision (which only its video half needs)."""
+    import transformers
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    base = {"qwen3_vl": transformers.Qwen3VLProcessor, "qwen2_5_vl": transformers.Qwen2_5_VLProcessor}[family]
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # Without torchvision, transformers swaps BaseVideoProcessor for a placeholder and would
+        # reject the real (unused) video processor: accept any genuine one.
+        if argument_name == "video_processor" and isinstance(argument, BaseVideoProcessor):
+            return type(argument)
+        return base.check_argument_for_proper_class(self, argument_name, argument)
+
+    # Same name as the base class, so a saved processor_config.json names the real class.
+    return type(base.__name__, (base,), {"check_argument_for_proper_class": check_argument_for_proper_class})
+
+
+def _video_processor_class(family: str):
+    # Only images are used here; Qwen3-VL's video processor imports without torchvision, so both
+    # families carry it (Qwen2-VL's own needs torchvision at import).
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    return Qwen3VLVideoProcessor
+
+
+def build_vl_processor(family: str = "qwen3_vl", *, patch_size: int | None = None,
+                       max_pixels: int = TINY_MAX_PIXELS, tokenizer_dir: str | Path | None = None):
+    """A Qwen-VL processor built locally: the embedded model's tokenizer plus the vision tokens,
+    an image processor that needs no torchvision, and the Qwen-VL chat template."""
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if family not in FAMILIES:
+        raise CourseError(f"Unknown model family {family!r}: choose one of {', '.join(FAMILIES)}.")
+    patch_size = patch_size or TINY_SHAPES[family]["vision"]["patch_size"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_model_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS)})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    factor = patch_size * 2  # one image token covers 2×2 patches after merging
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        min_pixels=4 * factor * factor, max_pixels=max_pixels,
+    )
+    video_processor = _video_processor_class(family)(patch_size=patch_size, merge_size=2,
+                                                     temporal_patch_size=2)
+    return _processor_class(family)(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+
+
+def load_vl_processor(folder: str | Path):
+    """The processor saved in ``folder``: AutoProcessor where torchvision is installed, else built by hand."""
+    from transformers import AutoProcessor, AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    folder = Path(folder)
+    if importlib.util.find_spec("torchvision") is not None:
+        return AutoProcessor.from_pretrained(folder)
+    family = json.loads((folder / "config.json").read_text())["model_type"] \
+        if (folder / "config.json").is_file() else "qwen3_vl"
+    family = family if family in FAMILIES else "qwen3_vl"
+    template = folder / "chat_template.jinja"
+    return _processor_class(family)(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder),
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+        video_processor=_video_processor_class(family).from_pretrained(folder),
+        chat_template=template.read_text() if template.is_file() else CHAT_TEMPLATE,
+    )
+
+
+# --- configs and checkpoints built locally --------------------------------------------------------
+
+def vl_config(family: str, shape: dict, processor):
+    """The transformers config of a Qwen-VL ``family`` with ``shape``, wired to the processor's tokens."""
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
+
+    tokenizer = processor.tokenizer
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"))}
+    # A real shape keeps its published vocabulary size; a tiny one needs just the tokenizer's
+    # (rounded up to a multiple of 64, as checkpoints usually are).
+    text = {"vocab_size": -(-len(tokenizer) // 64) * 64, **shape["text"],
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+    config_class = {"qwen3_vl": Qwen3VLConfig, "qwen2_5_vl": Qwen2_5_VLConfig}[family]
+    config = config_class(text_config=text, vision_config=dict(shape["vision"]),
+                          tie_word_embeddings=text["tie_word_embeddings"], **ids)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):  # the trainer checks these agree
+        setattr(config, name, getattr(tokenizer, name))
+    return config
+
+
+def _save_atomically(model, processor, dest: Path) -> Path:
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def make_tiny_vl_model(dest: str | Path | None = None, family: str = "qwen3_vl", seed: int = 0) -> Path:
+    """A tiny randomly initialised Qwen-VL and its processor, saved once (a few MB) and reused."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    dest = Path(dest) if dest else cache_dir() / f"tiny-random-{family.replace('_', '-')}"
+    if (dest / "config.json").is_file():
+        return dest
+    processor = build_vl_processor(family)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(vl_config(family, TINY_SHAPES[family], processor),
+                                                    dtype=torch.float32)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, name, getattr(processor.tokenizer, name))
+    return _save_atomically(model, processor, dest)
+
+
+def make_random_vl_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfloat16",
+                              processor=None) -> Path:
+    """Random weights of a published Qwen3-VL shape with a locally built processor (benchmarks only)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    if model_id not in QWEN3_VL_SHAPES:
+        raise CourseError(f"No shape for {model_id}: known are {', '.join(QWEN3_VL_SHAPES)}.")
+    dest = Path(dest)
+    if (dest / "config.json").is_file():
+        return dest
+    processor = processor or build_vl_processor("qwen3_vl", max_pixels=REAL_MAX_PIXELS)
+    torch.manual_seed(0)
+    config = vl_config("qwen3_vl", QWEN3_VL_SHAPES[model_id], processor)
+    model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
+    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids(TURN_END)
+    return _save_atomically(model, processor, dest)
+
+
+# --- loading and LoRA -------------------------------------------------------------------------
+
+def _resolve_vl_folder(name: str, source: str | None) -> Path:
+    if name == TINY_VL_MODEL:
+        return make_tiny_vl_model()
+    try:
+        return resolve_model(name, source=source, fallback=False).path
+    except CourseError as err:
+        if "no hub is reachable" not in str(err):
+            raise
+        print(f"No hub reachable: using the tiny random {TINY_VL_MODEL} instead of {name}.")
+        return make_tiny_vl_model()
+
+
+def load_vl_model(model: str | Profile = TINY_VL_MODEL, *, load_in_4bit: bool | None = None,
+                  dtype: str | None = None, backend: str = "auto", source: str | None = None):
+    """(model, processor) for a profile, a profile name, a hub id, a local folder or the tiny model.
+
+    ``model.course_backend`` records whether unsloth or transformers loaded it.
+    """
+    profile = PROFILES.get(model) if isinstance(model, str) else model
+    if profile is not None:
+        model = profile.vl_model
+        load_in_4bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
+        dtype = dtype or profile.dtype
+    folder = _resolve_vl_folder(model, source)
+    chosen = pick_backend(backend)
+    if chosen == "unsloth":
+        try:
+            loaded = _load_with_unsloth(folder, bool(load_in_4bit), dtype)
+        except Exception as err:  # unsloth cannot load every checkpoint: fall back, say why
+            print(f"unsloth could not load {model} ({type(err).__name__}: {err}); using transformers + peft.")
+            chosen = "transformers"
+    if chosen == "transformers":
+        loaded = _load_with_transformers(folder, bool(load_in_4bit), dtype)
+    model_obj, processor = loaded
+    model_obj.course_backend = chosen
+    return model_obj, processor
+
+
+def _load_with_unsloth(folder: Path, load_in_4bit: bool, dtype: str | None):
+    from unsloth import FastVisionModel
+
+    return FastVisionModel.from_pretrained(str(folder), load_in_4bit=load_in_4bit, dtype=_torch_dtype(dtype),
+                                           use_gradient_checkpointing="unsloth")
+
+
+def _load_with_transformers(folder: Path, load_in_4bit: bool, dtype: str | None):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    cuda = torch.cuda.is_available()
+    kwargs: dict = {"dtype": _torch_dtype(dtype) or (torch.bfloat16 if cuda else torch.float32)}
+    if load_in_4bit and not (cuda and importlib.util.find_spec("bitsandbytes")):
+        print("4-bit loading needs a CUDA GPU and bitsandbytes: loading the full-precision weights instead.")
+        load_in_4bit = False
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=["visual", "lm_head"],
+        )
+    if cuda:
+        kwargs["device_map"] = {"": 0}
+    return AutoModelForImageTextToText.from_pretrained(folder, **kwargs), load_vl_processor(folder)
+
+
+# Linear layers by part of the model; names as in transformers' Qwen2.5-VL and Qwen3-VL.
+ATTENTION_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv", "attn.proj")
+MLP_LAYERS = ("gate_proj", "up_proj", "down_proj", "linear_fc1", "linear_fc2")
+
+
+def lora_target_pattern(vision_layers: bool, language_layers: bool, attention: bool, mlp: bool) -> str:
+    """A regular expression naming the linear layers LoRA adapts, as peft's ``target_modules`` takes it."""
+    towers = (["visual"] if vision_layers else []) + (["language_model"] if language_layers else [])
+    layers = (list(ATTENTION_LAYERS) if attention else []) + (list(MLP_LAYERS) if mlp else [])
+    if not towers or not layers:
+        raise CourseError("LoRA needs at least one of vision/language layers and one of attention/MLP "
+                          "modules: set at least one switch of each pair to True.")
+    return rf".*({'|'.join(towers)}).*\.({'|'.join(re.escape(layer) for layer in layers)})"
+
+
+def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = True,
+                language_layers: bool = True, attention: bool = True, mlp: bool = True,
+                dropout: float = 0.0, gradient_checkpointing: bool = True, seed: int = 3407):
+    """The model with LoRA adapters of rank ``r`` on the chosen parts; only those train."""
+    if getattr(model, "course_backend", "transformers") == "unsloth":
+        from unsloth import FastVisionModel
+
+        peft_model = FastVisionModel.get_peft_model(
+            model, finetune_vision_layers=vision_layers, finetune_language_layers=language_layers,
+            finetune_attention_modules=attention, finetune_mlp_modules=mlp, r=r, lora_alpha=alpha,
+            lora_dropout=dropout, bias="none", random_state=seed,
+            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        )
+        FastVisionModel.for_training(peft_model)
+        peft_model.course_backend = "unsloth"
+        return peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=lora_target_pattern(vision_layers, language_layers, attention, mlp))
+    peft_model = get_peft_model(model, config)
+    peft_model.course_backend = "transformers"
+    return peft_model
+
+
+# --- batches: image + report pairs, loss on the report only -------------------------------------
+
+def chat_text(processor, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation rendered with the processor's chat template (image parts become vision markup)."""
+    return processor.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+class ReportCollator:
+    """Turns examples {"messages": [...], "images": [PIL, ...]} into a training batch.
+
+    Labels are -100 (ignored by the loss) everywhere except the report: the tokens of the
+    assistant's turn after ``REPORT_START``, up to and including its ``<|im_end|>``, so the model
+    learns to write reports and to stop, not to predict the instruction or the image placeholders.
+    """
+
+    def __init__(self, processor, report_start: str = REPORT_START, turn_end: str = TURN_END):
+        self.processor = processor
+        tokenizer = processor.tokenizer
+        self.start_ids = tokenizer(report_start, add_special_tokens=False)["input_ids"]
+        self.end_id = tokenizer.convert_tokens_to_ids(turn_end)
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        texts = [chat_text(self.processor, example["messages"]) for example in examples]
+        images = [example["images"] for example in examples]
+        self.processor.tokenizer.padding_side = "right"  # labels line up with the text's start
+        batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        batch["labels"] = self.report_labels(batch["input_ids"], batch["attention_mask"])
+        return batch
+
+    def report_labels(self, input_ids, attention_mask):
+        """-100 everywhere except the report tokens (the last assistant turn, its <|im_end|> included)."""
+        import torch
+
+        labels = torch.full_like(input_ids, -100)
+        width = len(self.start_ids)
+        for row, ids in enumerate(input_ids.tolist()):
+            length = int(attention_mask[row].sum())
+            starts = [i + width for i in range(length - width + 1) if ids[i:i + width] == self.start_ids]
+            if not starts:
+                continue  # no report in this example: nothing to learn from it
+            begin = starts[-1]
+            end = next((i + 1 for i in range(begin, length) if ids[i] == self.end_id), length)
+            labels[row, begin:end] = input_ids[row, begin:end]
+        return labels
+
+
+# --- captions -------------------------------------------------------------------------------
+
+def generate_captions(model, processor, images: list, instruction: str, *, max_new_tokens: int = 64,
+                      batch_size: int = 4) -> list[str]:
+    """A report for each image, greedy, ``batch_size`` images at a time."""
+    import torch
+
+    unsloth = getattr(model, "course_backend", "transformers") == "unsloth"
+    if unsloth:
+        from unsloth import FastVisionModel
+
+        FastVisionModel.for_inference(model)
+    model.eval()
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"  # generation continues from the last token of every row
+    prompt = chat_text(processor, vl_messages(None, instruction), add_generation_prompt=True)
+    stop = tokenizer.convert_tokens_to_ids(TURN_END)
+    captions: list[str] = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        inputs = processor(text=[prompt] * len(batch), images=[[image] for image in batch], padding=True,
+                           return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+        new = output[:, inputs["input_ids"].shape[1]:]
+        captions += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    if unsloth:
+        from unsloth import FastVisionModel
+
+        FastVisionModel.for_training(model)
+    return captions
+
+
+# --- scores: ROUGE-L and findings-keyword recall ------------------------------------------------
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common word subsequence, as a share of both texts (0 to 1)."""
+    a, b = _words(prediction), _words(reference)
+    if not a or not b:
+        return 0.0
+    previous = [0] * (len(b) + 1)
+    for word in a:  # dynamic programme over the two word lists, one row at a time
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    common = previous[-1]
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+# Findings vocabulary: imaging modality, view, anatomy and finding words a report should name.
+# Each entry lists the spellings that count as the same finding.
+FINDINGS_TERMS: dict[str, tuple[str, ...]] = {
+    "ct": ("ct", "computed tomography"), "mri": ("mr", "mri", "magnetic resonance"),
+    "radiograph": ("radiograph", "x-ray", "xray"), "ultrasound": ("ultrasound", "sonograph"),
+    "doppler": ("doppler",), "echocardiogram": ("echocardiogram", "echocardiography"),
+    "scintigraphy": ("scintigraphy", "bone scan", "nuclear medicine"),
+    "axial": ("axial",), "coronal": ("coronal",), "sagittal": ("sagittal",),
+    "frontal": ("frontal", "posteroanterior", "anteroposterior"),
+    "contrast": ("contrast", "enhanced", "enhancing", "enhance"), "window": ("window",),
+    "head": ("head", "skull", "brain", "cerebellum", "temporal lobe"),
+    "chest": ("chest", "thorax", "thoracic"),
+    "lung": ("lung", "pulmonary"), "heart": ("heart", "cardiac", "ventricle", "atrium", "aorta", "aortic"),
+    "abdomen": ("abdomen", "abdominal"), "liver": ("liver", "hepatic"), "kidney": ("kidney", "renal"),
+    "pelvis": ("pelvis", "pelvic", "bladder"), "spine": ("spine", "vertebra", "vertebral", "spinal"),
+    "bone": ("bone", "skeleton", "skeletal", "marrow", "tibia", "fibula", "humerus", "humeral", "rib"),
+    "shoulder": ("shoulder", "glenoid", "acromion"), "vessel": ("vessel", "artery", "vein", "blood flow"),
+    "lymph node": ("lymph node",), "lesion": ("lesion", "mass", "tumour", "tumor", "fibroma"),
+    "nodule": ("nodule", "nodular", "opacity", "opacities"), "fracture": ("fracture",),
+    "fluid": ("fluid", "effusion", "anechoic", "cyst"), "normal": ("normal", "unremarkable"),
+}
+
+
+def findings_terms(text: str) -> set[str]:
+    """The findings vocabulary entries a text mentions (word boundaries; a trailing plural 's' allowed)."""
+    lowered = text.lower()
+    return {term for term, spellings in FINDINGS_TERMS.items()
+            if any(re.search(rf"\b{re.escape(spelling)}s?\b", lowered) for spelling in spellings)}
+
+
+def keyword_recall(prediction: str, reference: str) -> float | None:
+    """The share of the reference's findings terms the prediction also names (None if it has none)."""
+    wanted = findings_terms(reference)
+    if not wanted:
+        return None
+    return len(wanted & findings_terms(prediction)) / len(wanted)
+
+
+def score_captions(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-L and mean findings-keyword recall over pairs of prediction and reference."""
+    rouge = [rouge_l(p, r) for p, r in zip(predictions, references, strict=True)]
+    recalls = [k for k in (keyword_recall(p, r) for p, r in zip(predictions, references, strict=True))
+               if k is not None]
+    return {"rouge_l": sum(rouge) / len(rouge) if rouge else 0.0,
+            "keyword_recall": sum(recalls) / len(recalls) if recalls else 0.0}
+
+
+# --- checkpoints and the loss curve -------------------------------------------------------------
+
+SETTINGS_FILE = "course-settings.json"
+
+
+def last_checkpoint(folder: str | Path) -> Path | None:
+    """The latest complete ``checkpoint-<step>`` in ``folder`` (one cut off while saving is passed over)."""
+    done = [p for p in Path(folder).glob("checkpoint-*")
+            if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def resume_checkpoint(folder: str | Path, settings: dict) -> Path | None:
+    """The checkpoint to resume from, or None to start fresh.
+
+    ``settings`` (model, data, LoRA and trainer choices) are saved beside the checkpoints; when they
+    differ from the saved ones the old checkpoints belong to another run and are removed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = folder / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings, default=str))  # compare as JSON would store it
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
+        stale = sorted(folder.glob("checkpoint-*"))
+        if stale:
+            print(f"The training settings changed: removing {len(stale)} old checkpoint(s) in {folder}.")
+        for path in stale:
+            shutil.rmtree(path)
+    saved.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return last_checkpoint(folder)
+
+
+def loss_points(log_history: list[dict]) -> list[tuple[int, float]]:
+    """(step, training loss) pairs from ``trainer.state.log_history``, in step order."""
+    points = {int(e["step"]): float(e["loss"]) for e in log_history if "loss" in e and "step" in e}
+    return sorted(points.items())

@@ -1,0 +1,199 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import CourseError, vision
+from helpers.datasets import vl_messages
+from helpers.models import count_parameters
+
+REPORT = "Axial CT of the head in a bone window. The mastoid cells are clear."
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(model folder, processor) of the tiny random Qwen3-VL, built once in the course cache."""
+    folder = vision.make_tiny_vl_model()
+    return folder, vision.load_vl_processor(folder)
+
+
+def picture(width: int, height: int, shade: int = 128) -> Image.Image:
+    return Image.new("RGB", (width, height), (shade, 255 - shade, shade // 2))
+
+
+def example(report: str, width: int = 96, height: int = 64, shade: int = 128) -> dict:
+    return {"messages": vl_messages(report, "Describe the image."), "images": [picture(width, height, shade)]}
+
+
+def test_the_chat_template_places_the_image_and_the_generation_prompt(tiny):
+    _, processor = tiny
+    text = vision.chat_text(processor, vl_messages(None, "Describe."), add_generation_prompt=True)
+    assert text == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+def test_the_config_points_at_the_processors_vision_tokens(tiny):
+    folder, processor = tiny
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = processor.tokenizer
+    assert config["model_type"] == "qwen3_vl"
+    for key, token in [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                       ("vision_start_token_id", "<|vision_start|>"),
+                       ("vision_end_token_id", "<|vision_end|>")]:
+        assert config[key] == tokenizer.convert_tokens_to_ids(token) != tokenizer.unk_token_id
+    assert config["text_config"]["vocab_size"] >= len(tokenizer)
+
+
+def test_the_collator_trains_on_the_report_and_its_end_only(tiny):
+    _, processor = tiny
+    collator = vision.ReportCollator(processor)
+    batch = collator([example(REPORT), example("Short.", 64, 64)])  # different lengths: right padding
+    tokenizer = processor.tokenizer
+    for row, report in enumerate([REPORT, "Short."]):
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        trained = labels != -100
+        assert tokenizer.decode(ids[trained]) == report + "<|im_end|>"
+        assert torch.equal(labels[trained], ids[trained])
+        image_tokens = ids == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        assert image_tokens.any() and not trained[image_tokens].any()
+        assert not trained[batch["attention_mask"][row] == 0].any()  # padding never trained
+    assert batch["labels"].shape == batch["input_ids"].shape
+
+
+def test_only_the_last_assistant_turn_is_trained_and_a_row_without_one_trains_nothing(tiny):
+    _, processor = tiny
+    collator = vision.ReportCollator(processor)
+    messages = vl_messages("First report.", "Describe.") + [
+        {"role": "user", "content": [{"type": "text", "text": "Shorter please."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Head CT."}]}]
+    no_report = {"messages": vl_messages(None, "Describe."), "images": [picture(64, 64)]}
+    batch = collator([{"messages": messages, "images": [picture(64, 64)]}, no_report])
+    trained = batch["labels"][0] != -100
+    assert processor.tokenizer.decode(batch["input_ids"][0][trained]) == "Head CT.<|im_end|>"
+    assert (batch["labels"][1] == -100).all()
+
+
+def test_the_tiny_model_overfits_a_handful_of_pairs(tiny):
+    folder, processor = tiny
+    model, processor = vision.load_vl_model(str(folder), backend="transformers")
+    model = vision.add_vl_lora(model, r=16, alpha=32, gradient_checkpointing=False)
+    pairs = [example("Axial CT of the chest shows a nodule in the right lung.", shade=30),
+             example("Frontal radiograph of the knee, no fracture.", shade=120),
+             example("Ultrasound of the liver with a simple cyst.", shade=220)]
+    batch = vision.ReportCollator(processor)(pairs)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return model(**batch).loss.item()
+
+    torch.manual_seed(0)
+    before = loss()
+    model.train()
+    for _ in range(30):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    after = loss()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_batched_captions_match_one_at_a_time(tiny):
+    folder, _ = tiny
+    model, processor = vision.load_vl_model(str(folder), backend="transformers")
+    images = [picture(64, 64, 20), picture(160, 96, 200), picture(96, 128, 90)]
+    batched = vision.generate_captions(model, processor, images, "Describe.", max_new_tokens=8, batch_size=3)
+    single = [vision.generate_captions(model, processor, [image], "Describe.", max_new_tokens=8)[0]
+              for image in images]
+    assert batched == single
+    assert all(isinstance(c, str) for c in batched)
+
+
+@pytest.mark.parametrize(("switches", "vision_lora", "language_lora"), [
+    (dict(vision_layers=True, language_layers=False), True, False),
+    (dict(vision_layers=False, language_layers=True), False, True),
+    (dict(vision_layers=True, language_layers=True), True, True),
+])
+def test_lora_lands_only_on_the_chosen_parts(tiny, switches, vision_lora, language_lora):
+    folder, _ = tiny
+    model, _ = vision.load_vl_model(str(folder), backend="transformers")
+    model = vision.add_vl_lora(model, r=4, alpha=4, gradient_checkpointing=False, **switches)
+    adapted = [name for name, _ in model.named_modules() if name.endswith("lora_A")]
+    assert any("visual" in n for n in adapted) == vision_lora
+    assert any("language_model" in n for n in adapted) == language_lora
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    trainable, total = count_parameters(model)
+    assert 0 < trainable < 0.2 * total
+
+
+def test_attention_only_lora_skips_the_mlps(tiny):
+    folder, _ = tiny
+    model, _ = vision.load_vl_model(str(folder), backend="transformers")
+    model = vision.add_vl_lora(model, r=4, alpha=4, mlp=False, gradient_checkpointing=False)
+    adapted = {name.split(".")[-2] for name, _ in model.named_modules() if name.endswith("lora_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "qkv", "proj"}
+    with pytest.raises(CourseError, match="at least one"):
+        vision.lora_target_pattern(False, False, True, True)
+
+
+def test_a_tiny_model_builds_in_any_folder_and_is_reused(tmp_path):
+    folder = vision.make_tiny_vl_model(tmp_path / "tiny")
+    assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no temporary folder left behind
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert vision.make_tiny_vl_model(folder) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_offline_a_hub_model_falls_back_to_the_tiny_one(monkeypatch, capsys):
+    def offline(name, source=None, fallback=True):
+        raise CourseError(f"Cannot download {name!r}: no hub is reachable. Connect to the internet.")
+
+    monkeypatch.setattr(vision, "resolve_model", offline)
+    assert vision._resolve_vl_folder("Qwen/Qwen3-VL-2B-Instruct", None) == vision.make_tiny_vl_model()
+    assert "using the tiny random" in capsys.readouterr().out
+
+
+def test_rouge_l_scores_order_and_overlap():
+    assert vision.rouge_l("axial CT of the head", "Axial CT of the head.") == 1.0
+    assert vision.rouge_l("knee radiograph", "axial CT of the head") == 0.0
+    assert vision.rouge_l("", "anything") == 0.0
+    # common subsequence "ct of head": 3 of 4 prediction words, 3 of 5 reference words
+    assert vision.rouge_l("ct of the head", "axial ct of a head") == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+
+
+def test_findings_keyword_recall_counts_terms_not_wording():
+    reference = "Axial CT of the chest: multiple nodules in both lungs."
+    assert vision.findings_terms(reference) == {"axial", "ct", "chest", "nodule", "lung"}
+    synonyms = "Computed tomography, axial, of the thorax with pulmonary nodules"
+    assert vision.keyword_recall(synonyms, reference) == 1.0
+    assert vision.keyword_recall("An MR image of the knee", reference) == 0.0
+    assert vision.keyword_recall("anything", "The end.") is None
+    assert "ct" not in vision.findings_terms("the doctor acted")  # whole words only
+
+
+def test_score_captions_averages_over_pairs_and_skips_references_without_terms():
+    scores = vision.score_captions(["axial ct", "hello"], ["axial ct", "nothing to see"])
+    assert scores["rouge_l"] == pytest.approx(0.5)
+    assert scores["keyword_recall"] == 1.0
+
+
+def test_resume_checkpoint_resumes_same_settings_and_clears_others(tmp_path, capsys):
+    for step in (10, 20):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-30").mkdir()  # cut off while saving: no trainer_state.json
+    settings = {"model": "tiny", "steps": 30}
+    assert vision.resume_checkpoint(tmp_path, settings).name == "checkpoint-20"
+    assert vision.resume_checkpoint(tmp_path, settings).name == "checkpoint-20"
+    assert vision.resume_checkpoint(tmp_path, {"model": "tiny", "steps": 60}) is None
+    assert "settings changed" in capsys.readouterr().out
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_loss_points_reads_the_log_history_in_step_order():
+    history = [{"loss": 2.0, "step": 10}, {"eval_loss": 3.0, "step": 10}, {"loss": 3.0, "step": 5},
+               {"train_runtime": 1.0, "step": 10}]
+    assert vision.loss_points(history) == [(5, 3.0), (10, 2.0)]

@@ -1,0 +1,112 @@
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import CourseError, datasets
+from helpers import hub as hubs
+
+VL = Path(__file__).resolve().parent.parent / "data" / "vl"
+
+
+def rows(split: str) -> list[dict]:
+    return [json.loads(line) for line in (VL / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def png(size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, 90).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setattr(hubs, "resolve_dataset", lambda name, source=None: None)
+    monkeypatch.setattr(hubs, "hub_reachable", lambda source: False)
+
+
+def test_offline_samples_are_real_images_with_reports_in_radiology_minis_schema():
+    train, test = rows("train"), rows("test")
+    assert len(train) + len(test) >= 12
+    for row in train + test:
+        assert list(row) == ["image", "image_id", "caption", "cui"]
+        assert len(row["caption"].split()) >= 12 and isinstance(row["cui"], list)
+        with Image.open(VL / row["image"]) as image:
+            assert min(image.size) >= 64
+    images = [row["image"] for row in train + test]
+    assert len(set(images)) == len(images)  # no image in both splits, none twice
+    assert sorted(Path(p).name for p in images) == sorted(p.name for p in (VL / "images").glob("*.png"))
+    readme = (VL / "README.md").read_text()
+    for name in images:  # every image's source and licence is recorded
+        assert re.search(rf"`{re.escape(Path(name).name)}`.*\|.*\.dcm", readme), name
+
+
+def test_offline_the_sets_come_from_data_vl_through_the_same_mapping(offline, capsys):
+    train, held_out = datasets.load_vl_sets("unsloth/Radiology_mini", 5, 3, max_pixels=128 * 128)
+    assert (len(train), len(held_out)) == (5, 3)
+    assert train.origin == held_out.origin == "offline samples (data/vl)"
+    assert [ex["id"] for ex in train.examples] == [r["image_id"] for r in rows("train")[:5]]
+    ex = held_out.examples[0]
+    assert ex["messages"][0]["content"][0] == {"type": "image"}
+    assert ex["messages"][1] == {"role": "assistant", "content": [{"type": "text", "text": ex["report"]}]}
+    assert ex["report"] == rows("test")[0]["caption"]
+    image = ex["images"][0]
+    assert image.mode == "RGB" and image.size[0] * image.size[1] <= 128 * 128
+
+
+def test_medtrinity_offline_also_reads_the_samples(offline, capsys):
+    train, held_out = datasets.load_vl_sets("UCSC-VLAA/MedTrinity-25M", 2, 2)
+    assert len(train) == 2 and len(held_out) == 2
+    assert "offline samples" in capsys.readouterr().out
+
+
+def test_rows_of_both_real_schemas_map_and_bad_rows_are_counted():
+    medtrinity = datasets.VL_SOURCES["UCSC-VLAA/MedTrinity-25M"]
+    rows_ = [{"image": Image.new("RGB", (50, 50)), "id": "a", "caption": "Axial CT of the brain."},
+             {"image": {"bytes": png(), "path": None}, "id": "b", "caption": "MRI of the knee."},
+             {"image": {"bytes": png()[:60], "path": None}, "id": "c", "caption": "Cut off."},
+             {"image": {"bytes": b"junk", "path": None}, "id": "d", "caption": "Not an image."},
+             {"image": Image.new("RGB", (50, 50)), "id": "e", "caption": "   "}]
+    result = datasets.vl_examples(rows_, medtrinity)
+    assert [ex["id"] for ex in result.examples] == ["a", "b"]
+    assert result.skipped == {"truncated": 1, "unreadable": 1, "no report": 1}
+    assert result.summary().endswith("skipped 3 (no report: 1, truncated: 1, unreadable: 1)")
+    radiology = datasets.VL_SOURCES["unsloth/Radiology_mini"]
+    one = datasets.vl_examples([{"image": png(), "image_id": "ROCO_1", "caption": "X", "cui": []}], radiology)
+    assert one.examples[0]["id"] == "ROCO_1"
+
+
+def test_held_out_rows_never_overlap_training_rows(monkeypatch):
+    source = datasets.VL_SOURCES["UCSC-VLAA/MedTrinity-25M"]
+    table = [{"image": png(), "id": str(i), "caption": f"report {i}"} for i in range(10)]
+    calls = []
+
+    def fake_rows(src, split, start, n, hub):
+        calls.append((split, start, n))
+        return table[start:start + n]
+
+    monkeypatch.setattr(datasets, "_hub_rows", fake_rows)
+    train, held_out = datasets.load_vl_sets(source.hub_id, 4, 3)
+    assert calls == [("train", 0, 4), ("train", 4, 3)]
+    assert not {ex["id"] for ex in train.examples} & {ex["id"] for ex in held_out.examples}
+
+
+def test_a_gated_or_broken_hub_dataset_is_one_sentence(monkeypatch):
+    import datasets as hf_datasets
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("403 Client Error: this dataset is gated.\nmore lines")
+
+    monkeypatch.setattr(hubs, "hub_reachable", lambda source: True)
+    monkeypatch.setattr(hf_datasets, "load_dataset", refuse)
+    with pytest.raises(CourseError, match="accept its terms") as err:
+        datasets.load_vl_sets("UCSC-VLAA/MedTrinity-25M", 2, 2)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_dataset_names_the_known_ones():
+    with pytest.raises(CourseError, match="unsloth/Radiology_mini"):
+        datasets.load_vl_sets("someone/xrays")
