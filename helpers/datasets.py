@@ -390,11 +390,13 @@ def load_eval_sets(run: Path) -> tuple[list[MCQItem], list[OpenItem]]:
     return mcq, open_
 
 
-# The instructions the model reads. 02 and 04 use the same ones, so scores stay comparable.
+# The instructions the model reads. 02 and 04 use the same ones, so scores stay comparable. The
+# request for a final "Answer: X" line comes last, right before the model starts writing: small
+# models follow the last instruction they read far more often than the first.
 MCQ_INSTRUCTIONS = {
-    "zh": "以下是一道医学考试单项选择题。请选出唯一正确的选项，并在最后一行写“答案：X”（X 为选项字母）。",
-    "en": ("The following is a multiple-choice question from a medical exam. Choose the single best "
-           "option and end with a line 'Answer: X', where X is the option letter."),
+    "zh": ("以下是一道医学考试单项选择题。", "请选出唯一正确的选项，只写选项字母，格式为“答案：X”。"),
+    "en": ("The following is a multiple-choice question from a medical exam.",
+           "Choose the single best option and reply with its letter, as 'Answer: X'."),
 }
 OPEN_INSTRUCTIONS = {
     "zh": "请阅读以下病例，然后回答问题。",
@@ -403,9 +405,10 @@ OPEN_INSTRUCTIONS = {
 
 
 def mcq_prompt(item: MCQItem) -> str:
-    """The user turn for an exam question: instruction, stem, one option per line."""
+    """The user turn for an exam question: what it is, the stem, one option per line, what to reply."""
     options = "\n".join(f"{letter}. {text}" for letter, text in item.options.items())
-    return f"{MCQ_INSTRUCTIONS[item.language]}\n\n{item.question}\n{options}"
+    header, request = MCQ_INSTRUCTIONS[item.language]
+    return f"{header}\n\n{item.question}\n{options}\n\n{request}"
 
 
 def open_prompt(item: OpenItem) -> str:

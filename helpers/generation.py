@@ -9,6 +9,7 @@ loaded with ``fast_inference=True``), and transformers' ``generate`` otherwise.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -112,6 +113,43 @@ def _generate_with_vllm(model, tokenizer, questions, *, max_new_tokens, system, 
     seconds = (time.perf_counter() - began) / max(len(prompts), 1)
     return [Reply(q, out.outputs[0].text.strip(), len(out.outputs[0].token_ids), seconds)
             for q, out in zip(questions, outputs, strict=True)]
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM can generate here: the package is installed and a CUDA GPU is present."""
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except ValueError:  # a module without a spec, e.g. one a test put in sys.modules
+        found = "vllm" in __import__("sys").modules
+    if not found:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_vllm(profile, *, gpu_memory_utilization: float = 0.85):
+    """The profile's text model as a vLLM engine with LoRA enabled: adapters are applied per request.
+
+    4-bit profiles load the weights with bitsandbytes, as ``load_text_model`` does; the context holds
+    the profile's sequence length plus its longest answer.
+    """
+    from vllm import LLM
+
+    from helpers.hub import resolve_model
+
+    rank = max(8, 1 << (profile.lora_r - 1).bit_length())  # vLLM takes ranks 8, 16, 32, 64, …
+    extra = {"quantization": "bitsandbytes"} if profile.load_in_4bit else {}
+    return LLM(model=str(resolve_model(profile.text_model).path), dtype=profile.dtype,
+               max_model_len=profile.max_seq_length + profile.max_new_tokens, enable_lora=True,
+               max_lora_rank=rank, gpu_memory_utilization=gpu_memory_utilization, seed=0, **extra)
+
+
+def lora_request(label: str, index: int, path: str | Path):
+    """What tells a vLLM engine to apply the adapter at ``path`` (``index``: a unique number ≥ 1)."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(label, index, str(path))
 
 
 # --- evaluation sets: predictions in a JSON Lines file, resumed on rerun --------------------

@@ -1,6 +1,7 @@
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,33 @@ def test_predictions_file_is_plain_jsonl(tmp_path, fake_generate):
     path = tmp_path / "p.jsonl"
     generate_to_jsonl(None, None, ITEMS[:1], path)
     assert json.loads(path.read_text())["id"] == "q0"
+
+
+def test_vllm_needs_the_package_and_a_gpu(fake_vllm):
+    assert not generation.vllm_installed()  # the package is there (a stand-in), but no CUDA here
+
+
+def test_a_profile_loads_into_vllm_with_lora_enabled(fake_vllm, monkeypatch):
+    from helpers.hub import embedded_model_dir
+    from helpers.profiles import get_profile
+
+    module, seen = fake_vllm
+
+    class LLM:
+        def __init__(self, **kwargs):
+            seen["llm"] = kwargs
+
+    module.LLM = LLM
+    generation.load_vllm(get_profile("cpu"))
+    assert seen["llm"] == {"model": str(embedded_model_dir()), "dtype": "float32", "max_model_len": 512 + 96,
+                           "enable_lora": True, "max_lora_rank": 16, "gpu_memory_utilization": 0.85,
+                           "seed": 0}
+    generation.load_vllm(get_profile("t4", text_model="embedded", lora_r=12))
+    assert seen["llm"]["quantization"] == "bitsandbytes" and seen["llm"]["max_lora_rank"] == 16
+    assert seen["llm"]["dtype"] == "float16"
+    request_module = types.ModuleType("vllm.lora.request")
+    request_module.LoRARequest = lambda *args: ("request", *args)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", request_module)
+    request = generation.lora_request("sft", 1, Path("out/sft-adapter"))
+    assert request == ("request", "sft", 1, "out/sft-adapter")
