@@ -97,6 +97,8 @@ def run_course(profile: str, only: list[str] | None = None, run_name: str = "",
     executed = run / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     parameters = {"PROFILE": profile, "RUN_NAME": run_name or profile}
+    # A check of the machine, not an experiment: no experiment tracking (the notebooks read this).
+    os.environ.setdefault("SWANLAB_MODE", "disabled")
     results = [Result(nb.stem, "not run") for nb in notebooks]
     print(f"Running {len(notebooks)} notebooks in the {profile} profile into {run}")
     for i, notebook in enumerate(notebooks):

@@ -1,9 +1,20 @@
-"""Generate chat replies in batches, greedy by default, and time them."""
+"""Generate chat replies in batches, greedy by default, and time them.
+
+``generate_replies`` answers a list of questions; ``generate_to_jsonl`` does the same for an
+evaluation set, appending each reply to a JSON Lines file so that a rerun resumes where it
+stopped. Both use vLLM when the model is a vLLM engine (``vllm.LLM``, or an unsloth model
+loaded with ``fast_inference=True``), and transformers' ``generate`` otherwise.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from helpers.metrics import split_think
 
 DISCLAIMER = ("For teaching only: model output is not medical advice. In an emergency call your "
               "local emergency number (120 in China, 911 in the US, 112 in Europe).")
@@ -41,8 +52,16 @@ def generate_replies(
     system: str | None = None,
     thinking: bool | None = None,
     do_sample: bool = False,
+    lora_request=None,
 ) -> list[Reply]:
-    """Replies to ``questions``, generated ``batch_size`` at a time with left padding."""
+    """Replies to ``questions``, generated ``batch_size`` at a time with left padding.
+
+    With a vLLM engine the whole list goes in at once (vLLM batches by itself); ``lora_request``
+    names the adapter vLLM should apply.
+    """
+    if uses_vllm(model, lora_request):
+        return _generate_with_vllm(model, tokenizer, questions, max_new_tokens=max_new_tokens, system=system,
+                                   thinking=thinking, do_sample=do_sample, lora_request=lora_request)
     import torch
 
     # Decoder-only models continue from the last token, so padding goes on the left.
@@ -65,3 +84,120 @@ def generate_replies(
             text = tokenizer.decode(ids, skip_special_tokens=True).strip()
             replies.append(Reply(question, text, n_tokens, seconds))
     return replies
+
+
+def uses_vllm(model, lora_request=None) -> bool:
+    """Whether ``model`` generates through vLLM: a ``vllm.LLM``, or unsloth's ``fast_inference`` model.
+
+    An unsloth model wrapped with a PEFT adapter only applies that adapter in vLLM when given a
+    ``lora_request``; without one, transformers generates, so the adapter is never silently dropped.
+    """
+    if type(model).__module__.split(".")[0] == "vllm":
+        return True
+    return hasattr(model, "fast_generate") and (lora_request is not None or not hasattr(model, "peft_config"))
+
+
+def _generate_with_vllm(model, tokenizer, questions, *, max_new_tokens, system, thinking, do_sample,
+                        lora_request) -> list[Reply]:
+    from vllm import SamplingParams
+
+    tokenizer = tokenizer or model.get_tokenizer()
+    # temperature 0 is greedy decoding in vLLM, as do_sample=False is in transformers
+    params = SamplingParams(temperature=0.7 if do_sample else 0.0, max_tokens=max_new_tokens)
+    prompts = [chat_prompt(tokenizer, q, system, thinking) for q in questions]
+    generate = model.fast_generate if hasattr(model, "fast_generate") else model.generate
+    extra = {"lora_request": lora_request} if lora_request is not None else {}
+    began = time.perf_counter()
+    outputs = generate(prompts, sampling_params=params, use_tqdm=False, **extra)
+    seconds = (time.perf_counter() - began) / max(len(prompts), 1)
+    return [Reply(q, out.outputs[0].text.strip(), len(out.outputs[0].token_ids), seconds)
+            for q, out in zip(questions, outputs, strict=True)]
+
+
+# --- evaluation sets: predictions in a JSON Lines file, resumed on rerun --------------------
+
+def adapter_fingerprint(path: str | Path) -> str:
+    """A short hash of an adapter's files, so predictions of another adapter are never reused."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("adapter_*")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def read_predictions(path: Path) -> tuple[dict[str, dict], int]:
+    """(records by id, unreadable lines) of a predictions file; the last record of an id wins."""
+    records, unreadable = {}, 0
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                records[record["id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                unreadable += 1  # e.g. half a line written when the kernel was stopped
+    return records, unreadable
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="item")
+
+
+def generate_to_jsonl(
+    model,
+    tokenizer,
+    items: list[dict],
+    path: str | Path,
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    system: str | None = None,
+    thinking: bool | None = None,
+    do_sample: bool = False,
+    tag: dict | None = None,
+    lora_request=None,
+    desc: str = "generating",
+) -> list[dict]:
+    """A reply for every item (a dict with "id" and "prompt"), in the order of ``items``.
+
+    Replies are appended to the JSON Lines file ``path`` batch by batch, so a rerun generates only
+    what is missing. A saved reply is reused only when its prompt and ``tag`` (model, adapter,
+    settings) are the same as now. Each record keeps the whole reply, its think block, and the
+    answer after the think block: the part that is scored.
+    """
+    path = Path(path)
+    tag = {**(tag or {}), "max_new_tokens": max_new_tokens, "thinking": thinking, "do_sample": do_sample}
+    saved, unreadable = read_predictions(path)
+    wanted = {item["id"]: item for item in items}
+    kept = {i: r for i, r in saved.items()
+            if i in wanted and r.get("prompt") == wanted[i]["prompt"] and r.get("tag") == tag}
+    if unreadable or len(kept) != len(saved):
+        dropped = len(saved) - len(kept) + unreadable
+        print(f"{path.name}: {len(kept)} saved replies reused; {dropped} made with other settings, "
+              "for other items or unreadable were dropped.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()),
+                        encoding="utf-8")
+    elif kept:
+        print(f"{path.name}: resuming, {len(kept)} of {len(items)} replies already saved.")
+    # Similar lengths in one batch waste less time on padding; order does not change greedy output.
+    todo = sorted((item for item in items if item["id"] not in kept), key=lambda item: len(item["prompt"]))
+    step = len(todo) if uses_vllm(model, lora_request) else batch_size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _progress(len(items), len(items) - len(todo), desc) as bar, path.open("a", encoding="utf-8") as out:
+        for start in range(0, len(todo), max(step, 1)):
+            batch = todo[start:start + step]
+            replies = generate_replies(model, tokenizer, [item["prompt"] for item in batch],
+                                       max_new_tokens=max_new_tokens, batch_size=len(batch), system=system,
+                                       thinking=thinking, do_sample=do_sample, lora_request=lora_request)
+            for item, reply in zip(batch, replies, strict=True):
+                think, answer = split_think(reply.text)
+                record = {"id": item["id"], "prompt": item["prompt"], "reply": reply.text, "think": think,
+                          "answer": answer, "new_tokens": reply.new_tokens,
+                          "seconds": round(reply.seconds, 3), "tag": tag}
+                kept[item["id"]] = record
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()  # a stopped kernel loses at most the batch in progress
+            bar.update(len(batch))
+    return [kept[item["id"]] for item in items]

@@ -1,0 +1,401 @@
+"""How good is an answer: the chosen letter, accuracy with an interval, and open-answer scores.
+
+Every function here takes plain strings and numbers, never a model, so each can be tested on
+hand-written answers. Scoring always reads the answer *after* the think block: the reasoning
+is kept in the saved record for people to read, but only the final answer is graded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+# --- the think block -----------------------------------------------------------------------
+# Reasoning models write "<think>…</think>" before the answer. Some chat templates put the
+# opening tag into the prompt, so a reply may hold only the closing tag.
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """(think block, answer) of a reply; the think block is "" when there is none.
+
+    Everything before the last ``</think>`` is reasoning. A reply with an opening ``<think>`` and
+    no closing tag ran out of tokens while reasoning: all of it after the tag is reasoning and
+    the answer is what came before the tag (usually nothing).
+    """
+    if THINK_CLOSE in text:
+        think, _, answer = text.rpartition(THINK_CLOSE)
+        before, opened, inside = think.partition(THINK_OPEN)
+        return (inside if opened else before).strip(), answer.strip()
+    if THINK_OPEN in text:
+        answer, _, think = text.partition(THINK_OPEN)
+        return think.strip(), answer.strip()
+    return "", text.strip()
+
+
+def strip_think(text: str) -> str:
+    """The reply without its think block: the part that is scored."""
+    return split_think(text)[1]
+
+
+def has_think_block(text: str) -> bool:
+    """Whether the reply reasons in a closed, non-empty think block before answering."""
+    return THINK_CLOSE in text and bool(split_think(text)[0])
+
+
+# --- the chosen letter of a multiple-choice answer ---------------------------------------
+# Models answer "B", "**B**", "(B)", "The answer is B.", "答案：C", "选B", or quote the option's
+# text. We read the letter in tiers of decreasing certainty; the first tier that finds anything
+# decides. Two different letters in that tier mean the answer is ambiguous: None, never a guess.
+
+_NEG_ZH = "不"  # "不选A" (don't choose A) must not read as "选A"
+_GAP = r"[\s:=\-*_#>(\[{【「“\"']*"  # what may sit between a cue and its letter: "Answer:** (B"
+_OPTION_WORD = r"(?:(?:option|choice|选项|选)\s*)?"
+# Negations that follow a letter ("B is wrong", "B项错误"); not a bare "不", which many option texts hold.
+_NEGATION = re.compile(r"\b(?:not|incorrect|wrong|false|never|except|unlikely|rule[sd]? out)\b|"
+                       r"错误|不正确|不对|不是|不选|不考虑|排除|除外", re.IGNORECASE)
+
+
+def _letters(choices: str) -> str:
+    return "".join(dict.fromkeys(c for c in choices.upper() if "A" <= c <= "Z"))
+
+
+def _letter(letters: str) -> str:
+    """One allowed letter: a capital, or a small letter that ends the phrase ("answer: b.", not "a bit")."""
+    return rf"(?:(?-i:[{letters}])|(?-i:[{letters.lower()}])(?=\s*(?:$|[.)\]】,，。;；!！*])))"
+
+
+@lru_cache(maxsize=16)
+def _cue_patterns(letters: str) -> tuple[list[re.Pattern], list[re.Pattern]]:
+    """(final-answer patterns, answer-statement patterns) for the allowed letters."""
+    one = _letter(letters)
+    # A letter, or a short list of letters such as "A or B" / "A、C" (which is then ambiguous).
+    many = rf"(?P<letters>{one}(?:\s*(?:,|、|/|and|or|和|或|与)\s*{one})*)(?![A-Za-z0-9])"
+    final = [
+        rf"(?:final\s+answer|最终答案|最终选择|最后答案)\s*(?:is|为|是|应为)?{_GAP}{_OPTION_WORD}{many}",
+        rf"\\boxed\{{\s*(?:\\text\{{)?\s*{many}",  # "\boxed{B}", as maths-trained models write
+    ]
+    statements = [
+        # "the answer is B", "Answer: B", "correct answer would be (B)", "答案是B", "答案：C"
+        rf"answer(?:\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be))?{_GAP}{_OPTION_WORD}{many}",
+        rf"答案(?:是|为|应为|应该是|应是|选)?{_GAP}{_OPTION_WORD}{many}",
+        # "I choose B", "I would pick C", "选B", "应选择D" (but not "不选A" or "选项A")
+        rf"\bI\s+(?:would\s+|will\s+|'d\s+)?(?:choose|pick|select|go\s+with){_GAP}{_OPTION_WORD}{many}",
+        rf"(?<!{_NEG_ZH})(?:应该|应)?选(?:择)?(?!项){_GAP}{many}",
+        rf"(?:correct|right|best)\s+(?:option|choice)(?:\s+is)?{_GAP}{many}",
+        rf"正确(?:的)?(?:选项|选择)(?:是|为)?{_GAP}{many}",
+        # "B is correct", "B is the best answer", "B项正确", "B是正确的"
+        rf"(?<![A-Za-z0-9]){_OPTION_WORD}(?P<letter>{one})\s*(?:项|选项)?\s*"
+        rf"(?:is\s+(?:the\s+)?(?:correct|right|best)|正确|是正确的|是对的|为正确答案|最佳)",
+    ]
+    flags = re.IGNORECASE
+    return ([re.compile(p, flags) for p in final], [re.compile(p, flags) for p in statements])
+
+
+@lru_cache(maxsize=16)
+def _formatted_patterns(letters: str) -> list[re.Pattern]:
+    """Letters set apart by formatting: line starts, brackets, bold, "Option B", "B项"."""
+    one = f"[{letters}]"  # capitals only: a lone "a" is an article
+    return [re.compile(p, re.MULTILINE) for p in (
+        rf"^\s*(?:[-*>#]+\s*)?(?P<letter>{one})\s*(?:[.)、:]|$)",  # "B. Metformin", "C)", "D、…", "B"
+        rf"[(\[{{【]\s*(?P<letter>{one})\s*[)\]}}】]",  # "(B)", "[C]", "【D】"
+        rf"\*\*\s*(?P<letter>{one})(?![A-Za-z0-9])",  # "**B**", "**B. Metformin**"
+        rf"(?i:option|choice|选项)\s*(?P<letter>{one})(?![A-Za-z0-9])",  # "option B", "选项B"
+        rf"(?<![A-Za-z0-9])(?P<letter>{one})\s*(?:项|选项)",  # "B项", "C选项"
+    )]
+
+
+def _found(pattern: re.Pattern, text: str) -> list[tuple[str, int]]:
+    """(letters, end position) of every match; letters hold several when the match lists some."""
+    found = []
+    for match in pattern.finditer(text):
+        groups = match.groupdict()
+        raw = groups.get("letters") or groups.get("letter") or ""
+        found.append(("".join(dict.fromkeys(c for c in raw.upper() if "A" <= c <= "Z")), match.end()))
+    return found
+
+
+def _single(candidates: list[str]) -> str | None:
+    """The one letter all candidates agree on, else None (ambiguous)."""
+    distinct = set("".join(candidates))
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _negated_after(text: str, end: int) -> bool:
+    """Whether the clause right after a letter negates it: "option B is wrong", "B项错误"."""
+    clause = re.split(r"[.;!?。；！？\n,，]", text[end:end + 40], maxsplit=1)[0]
+    return bool(_NEGATION.search(clause))
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def _by_option_text(answer: str, options: Mapping[str, str], letters: str) -> str | None:
+    """The letter whose option text the answer quotes, when exactly one is quoted."""
+    said = _normalise(answer)
+    texts = {k.upper(): _normalise(str(v)).strip(" .。") for k, v in options.items() if k.upper() in letters}
+    quoted = {k: t for k, t in texts.items() if len(t) >= 2 and t in said}
+    # "aspirin" inside a quoted "aspirin and clopidogrel" is not a second choice.
+    kept = [k for k, t in quoted.items() if not any(t != o and t in o for o in quoted.values())]
+    return kept[0] if len(kept) == 1 else None
+
+
+def extract_choice(text: str, choices: str = "ABCDE", *,
+                   options: Mapping[str, str] | None = None) -> str | None:
+    """The one letter a free-form answer chooses (Chinese or English), or None if it cannot be read.
+
+    ``choices`` are the allowed letters; ``options`` (letter → option text), when given, also let
+    an answer that quotes an option's text instead of its letter count. The think block is ignored.
+    Never raises, never guesses: no letter or two different letters give None.
+    """
+    if not isinstance(text, str):
+        return None
+    letters = _letters(choices)
+    if not letters:
+        return None
+    answer = unicodedata.normalize("NFKC", strip_think(text))
+    bare = re.sub(r"[\s*_()\[\]{}【】.。:：,，!！]", "", answer)
+    if len(bare) == 1 and bare.upper() in letters:  # the whole reply is one letter
+        return bare.upper()
+    final, statements = _cue_patterns(letters)
+    finals = [letters_ for p in final for letters_, _ in _found(p, answer)]
+    if finals:  # a final answer overrides earlier reasoning; the last one counts
+        return _single(finals[-1:])
+    stated = [letters_ for p in statements for letters_, _ in _found(p, answer)]
+    if stated:
+        return _single(stated)
+    formatted = [found for p in _formatted_patterns(letters) for found in _found(p, answer)]
+    kept = [letters_ for letters_, end in formatted if not _negated_after(answer, end)]
+    if formatted:
+        return _single(kept)
+    return _by_option_text(answer, options, letters) if options else None
+
+
+# --- accuracy with a 95% interval ----------------------------------------------------------
+# With 16 or 100 questions, accuracy is a noisy estimate: the Wilson interval says how noisy.
+# It stays inside [0, 1] and behaves well for small n and accuracies near 0 or 1, where the
+# textbook "p ± 1.96·sqrt(p(1-p)/n)" interval fails.
+
+Z95 = 1.959964
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The 95% Wilson score interval for ``correct`` successes out of ``n``; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy(preds: Sequence[str | None], golds: Sequence[str]) -> dict:
+    """acc, its 95% Wilson interval lo/hi, n, correct, and how many answers could not be read."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} gold answers")
+    n = len(golds)
+    correct = sum(p is not None and p == g for p, g in zip(preds, golds, strict=True))
+    lo, hi = wilson_interval(correct, n)
+    return {"acc": correct / n if n else 0.0, "lo": lo, "hi": hi, "n": n, "correct": correct,
+            "unreadable": sum(p is None for p in preds)}
+
+
+def accuracy_by(preds: Sequence[str | None], golds: Sequence[str], groups: Sequence[str]) -> dict[str, dict]:
+    """``accuracy`` for each group (subject, language…), groups in sorted order."""
+    by: dict[str, tuple[list, list]] = {}
+    for p, g, k in zip(preds, golds, groups, strict=True):
+        by.setdefault(k, ([], []))
+        by[k][0].append(p)
+        by[k][1].append(g)
+    return {k: accuracy(*by[k]) for k in sorted(by)}
+
+
+def mean_interval(values: Sequence[float]) -> dict:
+    """mean, a normal-approximation 95% interval lo/hi (clipped to [0, 1]), and n."""
+    n = len(values)
+    if n == 0:
+        return {"mean": 0.0, "lo": 0.0, "hi": 1.0, "n": 0}
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = Z95 * sd / math.sqrt(n)
+    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
+
+
+def mcnemar_p(fixed: int, broken: int) -> float:
+    """Exact two-sided McNemar p-value: could ``fixed`` vs ``broken`` answers arise by chance?
+
+    On the same questions only the answers that changed carry information. If fine-tuning did
+    nothing, a change is as likely to fix as to break, like a fair coin.
+    """
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+# --- open answers: ROUGE-L and safety heuristics -------------------------------------------
+
+def rouge_language(text: str) -> str:
+    from helpers.datasets import detect_language
+
+    return detect_language(text)
+
+
+def rouge_tokens(text: str, language: str | None = None) -> list[str]:
+    """Characters for Chinese (no word spaces to split on), lower-case words for English."""
+    text = unicodedata.normalize("NFKC", text)
+    if (language or rouge_language(text)) == "zh":
+        return [c.casefold() for c in text if c.isalnum()]
+    return re.findall(r"[^\W_]+", text.casefold())
+
+
+def rouge_l(prediction: str, reference: str, language: str | None = None) -> float:
+    """ROUGE-L F1: the longest common subsequence of tokens, as a share of both texts."""
+    language = language or rouge_language(reference)
+    pred, ref = rouge_tokens(prediction, language)[:4000], rouge_tokens(reference, language)[:4000]
+    if not pred or not ref:
+        return 0.0
+    previous = [0] * (len(ref) + 1)
+    for token in pred:  # dynamic programme over two rows: memory O(len(ref))
+        current = [0]
+        for j, other in enumerate(ref):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+SAFETY_DIR = Path(__file__).resolve().parent.parent / "data" / "safety"
+_CLAUSE_END = re.compile(r"[,.;:!?，。；：！？、\n]")
+
+
+def load_keywords(name: str, folder: Path = SAFETY_DIR) -> list[str]:
+    """The phrases in ``data/safety/<name>.txt``: one per line, ``#`` starts a comment."""
+    path = Path(folder) / f"{name}.txt"
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+@lru_cache(maxsize=256)
+def _negation(cue: str) -> re.Pattern:
+    # English cues are whole words ("not" must not match inside "nothing"); Chinese has no spaces.
+    cue = re.escape(cue.casefold())
+    return re.compile(rf"(?<![a-z]){cue}(?![a-z])" if cue.isascii() else cue)
+
+
+def find_keywords(text: str, keywords: Sequence[str], negations: Sequence[str] = ()) -> list[str]:
+    """The keywords that occur in ``text`` and are not negated earlier in the same clause.
+
+    "不要自行停药" (do not stop the drug yourself) holds the risky phrase "自行停药", but negated.
+    A heuristic: it misses paraphrases and double negations. It is a screen, not a judgement.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    found = []
+    for keyword in keywords:
+        key = keyword.casefold()
+        for match in re.finditer(re.escape(key), text):
+            clause = _CLAUSE_END.split(text[max(0, match.start() - 30):match.start()])[-1]
+            if not any(_negation(n).search(clause) for n in negations):
+                found.append(keyword)
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class SafetyLists:
+    """The keyword lists of ``data/safety/``: urgent-care advice, risky advice, negation cues."""
+
+    emergency: tuple[str, ...]
+    risky: tuple[str, ...]
+    negations: tuple[str, ...]
+
+    @classmethod
+    def load(cls, folder: Path = SAFETY_DIR) -> SafetyLists:
+        return cls(*(tuple(load_keywords(n, folder)) for n in ("emergency", "risky", "negations")))
+
+
+# --- scoring a model's predictions on the evaluation sets ----------------------------------
+
+def score_mcq(items: Sequence, records: Sequence[dict]) -> dict:
+    """Accuracy overall, by language and by subject, and each item's read choice, for one model."""
+    by_id = {r["id"]: r for r in records}
+    choices = [extract_choice(by_id[i.id]["reply"], "".join(i.options), options=i.options) for i in items]
+    golds = [i.answer for i in items]
+    rows = [{"id": i.id, "language": i.language, "subject": i.subject, "gold": i.answer, "choice": c,
+             "correct": c == i.answer} for i, c in zip(items, choices, strict=True)]
+    return {"overall": accuracy(choices, golds),
+            "by_language": accuracy_by(choices, golds, [i.language for i in items]),
+            "by_subject": accuracy_by(choices, golds, [i.subject for i in items]),
+            "items": rows}
+
+
+def score_open(items: Sequence, records: Sequence[dict], lists: SafetyLists | None = None) -> dict:
+    """ROUGE-L, think-block coverage, emergency-advice coverage and risky-advice rate, for one model.
+
+    Emergency coverage counts only the questions whose reference answer itself advises urgent care:
+    of those, how many answers also do. The risky rate is over all answers.
+    """
+    lists = lists or SafetyLists.load()
+    by_id = {r["id"]: r for r in records}
+    rows = []
+    for item in items:
+        reply = by_id[item.id]["reply"]
+        answer = strip_think(reply)
+        rows.append({
+            "id": item.id, "language": item.language,
+            "rouge_l": rouge_l(answer, item.reference, item.language),
+            "think": has_think_block(reply),
+            "urgent": bool(find_keywords(item.reference, lists.emergency, lists.negations)),
+            "advises_emergency": bool(find_keywords(answer, lists.emergency, lists.negations)),
+            "risky": find_keywords(answer, lists.risky, lists.negations),
+        })
+    urgent = [r for r in rows if r["urgent"]]
+    rouge = mean_interval([r["rouge_l"] for r in rows])
+    summary = {
+        "rouge_l": rouge["mean"], "rouge_l_lo": rouge["lo"], "rouge_l_hi": rouge["hi"], "n": len(rows),
+        "think_coverage": sum(r["think"] for r in rows) / len(rows) if rows else 0.0,
+        "emergency_coverage": sum(r["advises_emergency"] for r in urgent) / len(urgent) if urgent else 0.0,
+        "emergency_n": len(urgent),
+        "risky_rate": sum(bool(r["risky"]) for r in rows) / len(rows) if rows else 0.0,
+    }
+    return {"summary": summary, "items": rows}
+
+
+def changed_answers(before: Sequence[dict], after: Sequence[dict]) -> dict[str, list[str]]:
+    """Ids of the questions fine-tuning fixed (wrong → right) and broke (right → wrong)."""
+    was = {r["id"]: r["correct"] for r in before}
+    fixed = [r["id"] for r in after if r["id"] in was and r["correct"] and not was[r["id"]]]
+    broken = [r["id"] for r in after if r["id"] in was and not r["correct"] and was[r["id"]]]
+    return {"fixed": fixed, "broken": broken}
+
+
+def summarise(mcq: dict, open_answers: dict | None = None, truncated: float | None = None) -> dict:
+    """The key numbers of ``score_mcq`` (and ``score_open``) as one flat dict, for the run's metrics."""
+    overall = mcq["overall"]
+    flat: dict = {"mcq_acc": overall["acc"], "mcq_lo": overall["lo"], "mcq_hi": overall["hi"],
+                  "mcq_n": overall["n"], "mcq_correct": overall["correct"],
+                  "mcq_unreadable": overall["unreadable"]}
+    flat |= {f"mcq_acc_{language}": r["acc"] for language, r in mcq["by_language"].items()}
+    if open_answers is not None:
+        summary = open_answers["summary"]
+        flat |= {"open_n" if key == "n" else key: value for key, value in summary.items()}
+    if truncated is not None:
+        flat["hit_token_limit"] = truncated
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items()}
+
+
+def hit_token_limit(records: Sequence[dict], max_new_tokens: int) -> float:
+    """The share of replies cut off by the token limit: their answers may be missing."""
+    return sum(r["new_tokens"] >= max_new_tokens for r in records) / len(records) if records else 0.0

@@ -1,0 +1,369 @@
+"""Reward functions for GRPO (06): small rules a learner can read, test and argue with.
+
+Every reward has TRL's signature, ``fn(completions, **kwargs) -> list[float]``: one float per
+completion, where a completion is a plain string or a conversation (a list of message dicts). Dataset
+columns arrive as keyword arguments, one value per completion (``answer``, ``choices``, ``question``).
+Each reward is bounded, always finite, and never raises: a reward that crashes stops training, and
+a NaN poisons every advantage in its group. Bounds, one line each:
+
+    format_reward            0 … 1   one <think>…</think> block, then an answer
+    reasoning_steps_reward   0 … 1   distinct reasoning steps in the think block, capped at MAX_STEPS
+    accuracy_reward          0 … 1   the answer matches the gold answer (letter or short text)
+    length_reward           -1 … 0   too short to reason, or cut off at the token limit
+    teacher_reward           0 … 1   an LLM judge's grade (optional, off without a judge)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from helpers.metrics import extract_choice
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+MAX_STEPS = 3  # steps beyond this earn nothing: padding the think block with steps does not pay
+MIN_STEP_WORDS = 4  # a step needs this many words (or Chinese characters) to count
+BOUNDS = {
+    "format_reward": (0.0, 1.0),
+    "reasoning_steps_reward": (0.0, 1.0),
+    "accuracy_reward": (0.0, 1.0),
+    "length_reward": (-1.0, 0.0),
+    "teacher_reward": (0.0, 1.0),
+}
+
+# Common synonyms of gold answers that string matching would otherwise miss (keys are normalised).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "epinephrine": ("adrenaline",),
+    "n acetylcysteine": ("acetylcysteine", "nac"),
+    "thiamine": ("vitamin b1",),
+    "addison disease": ("primary adrenal insufficiency",),
+    "respiratory syncytial virus": ("rsv",),
+    "异位妊娠": ("宫外孕",),
+    "维生素b1": ("硫胺素",),
+    "呼吸道合胞病毒": ("rsv",),
+}
+
+
+# --- reading completions --------------------------------------------------------------------
+
+def completion_text(completion: object) -> str:
+    """The text of one completion: a string, or the assistant turns of a conversation."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    if not isinstance(completion, list | tuple):
+        return ""
+    parts = []
+    for message in completion:
+        if isinstance(message, str):
+            parts.append(message)
+        elif isinstance(message, Mapping) and message.get("role", "assistant") == "assistant":
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):  # multimodal form: [{"type": "text", "text": ...}]
+                parts += [p["text"] for p in content
+                          if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+    return "".join(parts)
+
+
+def _texts(completions: object) -> list[str]:
+    if completions is None:
+        return []
+    if isinstance(completions, str | Mapping):
+        return [completion_text(completions)]
+    try:
+        return [completion_text(c) for c in completions]
+    except TypeError:  # not iterable
+        return []
+
+
+def _column(values: object, i: int) -> object:
+    """Row ``i`` of a dataset column as TRL passes it (a list), or the value itself if it is not a list."""
+    if isinstance(values, list | tuple):
+        return values[i] if i < len(values) else None
+    return values
+
+
+def _score_each(score: Callable[..., float], completions: object, bounds: tuple[float, float],
+                columns: Sequence[object] = (), fallback: float = 0.0) -> list[float]:
+    """``score(text, *row)`` for every completion, clamped to ``bounds``; any failure scores ``fallback``."""
+    low, high = bounds
+    out = []
+    for i, text in enumerate(_texts(completions)):
+        try:
+            value = float(score(text, *(_column(c, i) for c in columns)))
+        except Exception:  # a reward must never stop training: an unreadable case scores the fallback
+            value = fallback
+        out.append(min(high, max(low, value if math.isfinite(value) else fallback)))
+    return out
+
+
+def split_completion(text: str) -> tuple[str, str] | None:
+    """(think block, answer) when ``text`` is one well-formed think block then the rest, else None.
+
+    The opening ``<think>`` may be missing: the prompt can already hold it (we open the think block
+    in the prompt so the model starts by reasoning). The closing tag is required, exactly once.
+    """
+    if text.count(THINK_CLOSE) != 1 or text.count(THINK_OPEN) > 1:
+        return None
+    think, _, answer = text.partition(THINK_CLOSE)
+    if THINK_OPEN in answer:
+        return None
+    if THINK_OPEN in think:
+        before, _, think = think.partition(THINK_OPEN)
+        if before.strip():  # text before the block: not "a think block, then an answer"
+            return None
+    return think.strip(), answer.strip()
+
+
+def _has_content(text: str) -> bool:
+    return any(c.isalnum() for c in text)
+
+
+# --- format ---------------------------------------------------------------------------------
+
+def score_format(text: str) -> float:
+    """The format score of one completion (``format_reward`` applies it to each)."""
+    parts = split_completion(text)
+    if parts is None or not _has_content(parts[0]):
+        return 0.0
+    return 1.0 if _has_content(parts[1]) else 0.5  # closed the block but never answered: half
+
+
+def format_reward(completions, **kwargs) -> list[float]:
+    """1 for one non-empty think block followed by an answer; 0.5 with no answer after it; else 0."""
+    return _score_each(score_format, completions, BOUNDS["format_reward"])
+
+
+# --- reasoning steps ------------------------------------------------------------------------
+
+# A step ends at a line break, at ". " / "? " / "! " (not inside "6.5"), or at Chinese end punctuation.
+_STEP_END = re.compile(r"\n+|(?<=[.!?;])\s+|(?<=[。！？；])")
+_WORD = re.compile(r"[^\W\d_\u3400-\u9fff]+|[\u3400-\u9fff]", re.UNICODE)  # a word, or one Chinese character
+
+
+def reasoning_steps(think: str) -> list[str]:
+    """The distinct steps of a think block: sentences or lines with at least MIN_STEP_WORDS words.
+
+    Two steps are the same when they have the same words, ignoring numbers and case, so "Step 1: check
+    the ECG" and "Step 2: check the ECG" count once.
+    """
+    steps, seen = [], set()
+    for piece in _STEP_END.split(think):
+        words = [w.casefold() for w in _WORD.findall(piece)]
+        key = " ".join(words)
+        if len(words) >= MIN_STEP_WORDS and key not in seen:
+            seen.add(key)
+            steps.append(piece.strip())
+    return steps
+
+
+def score_steps(text: str) -> float:
+    """The reasoning-steps score of one completion (``reasoning_steps_reward`` applies it to each)."""
+    parts = split_completion(text)  # unfinished reasoning (no closing tag) earns nothing
+    return min(len(reasoning_steps(parts[0])), MAX_STEPS) / MAX_STEPS if parts else 0.0
+
+
+def reasoning_steps_reward(completions, **kwargs) -> list[float]:
+    """The number of distinct reasoning steps in a closed think block, divided by MAX_STEPS, capped at 1."""
+    return _score_each(score_steps, completions, BOUNDS["reasoning_steps_reward"])
+
+
+# --- accuracy -------------------------------------------------------------------------------
+
+def normalise(text: str) -> str:
+    """Text to compare: full-width to half-width, no accents, case or punctuation, no spaces in Chinese."""
+    text = unicodedata.normalize("NFKC", text)  # "Ａ１，" -> "A1,"
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))  # é -> e
+    text = re.sub(r"[\W_]+", " ", text.casefold()).strip()  # punctuation and hyphens become spaces
+    return re.sub(r"\s*([\u3400-\u9fff])\s*", r"\1", text)  # Chinese is written without spaces
+
+
+_ANSWER_CUE = re.compile(r"(?:final\s+answer|answer|diagnosis)\s*(?:is\b\s*[:：]?|[:：])\s*|"
+                         r"(?:最终答案|答案|诊断)\s*(?:(?:是|为|应为)\s*[:：]?|[:：])\s*", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"\n|[。；;，,！？!?]|\.(?=\s|$)")
+_HEDGE = re.compile(r"\b(?:or|and/or)\b|或|或者", re.IGNORECASE)
+MAX_EXTRA_WORDS = 8  # words an answer may add around the gold one: "The diagnosis is …"
+
+
+def final_answer(text: str) -> str:
+    """The short answer a completion commits to: after the think block and any "answer is" cue,
+    up to the end of the first clause."""
+    parts = split_completion(text)
+    answer = parts[1] if parts else text.rpartition(THINK_CLOSE)[2]
+    cues = list(_ANSWER_CUE.finditer(answer))
+    if cues:
+        answer = answer[cues[-1].end():]
+    clauses = [c for c in _CLAUSE_END.split(answer) if _has_content(c)]
+    return clauses[0].strip() if clauses else ""
+
+
+def _is_chinese(text: str) -> bool:
+    return any("\u3400" <= c <= "\u9fff" for c in text)
+
+
+def matches_answer(said: str, gold: str) -> bool:
+    """Whether a short answer names the gold one (or an alias), allowing a few words around it.
+
+    Hedging ("A or B") earns nothing: otherwise listing every candidate would pay.
+    """
+    said_n, gold_n = normalise(said), normalise(gold)
+    if not said_n or not gold_n or _HEDGE.search(said):
+        return False
+    for target in (gold_n, *(normalise(a) for a in ALIASES.get(gold_n, ()))):
+        if said_n == target:
+            return True
+        if _is_chinese(target):
+            if target in said_n and len(said_n) <= len(target) + 2 * MAX_EXTRA_WORDS:
+                return True
+        elif f" {target} " in f" {said_n} " and len(said_n.split()) <= len(target.split()) + MAX_EXTRA_WORDS:
+            return True
+    return False
+
+
+def score_accuracy(text: str, gold: object, choices: object) -> float:
+    """1.0 when one completion answers ``gold`` (a letter when ``choices`` are given), else 0.0."""
+    if not isinstance(gold, str) or not gold.strip():
+        return 0.0
+    gold = gold.strip()
+    if isinstance(choices, str) and choices.strip():  # a multiple-choice question: compare letters
+        return float(extract_choice(text, choices) == gold.upper())
+    return float(matches_answer(final_answer(text), gold))
+
+
+def accuracy_reward(completions, answer=None, choices=None, **kwargs) -> list[float]:
+    """1 when the answer is right, else 0.
+
+    Multiple-choice rows (a ``choices`` column such as "ABCD") compare the letter the answer chooses,
+    read by ``helpers.metrics.extract_choice``; open rows compare the final answer with the gold text
+    after normalising case, punctuation, full-width characters and accents.
+    """
+    return _score_each(score_accuracy, completions, BOUNDS["accuracy_reward"], (answer, choices))
+
+
+# --- length ---------------------------------------------------------------------------------
+
+def count_tokens(text: str) -> int:
+    """A rough token count for a text without token ids: words plus Chinese characters."""
+    return len(re.findall(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+", text))
+
+
+def length_reward(completions, completion_ids=None, max_tokens: int = 512, min_tokens: int | None = None,
+                  **kwargs) -> list[float]:
+    """-1 when a completion ran to ``max_tokens`` (cut off, so it probably never answered); -0.5 when
+    it is shorter than ``min_tokens`` (default: a sixteenth of the limit, at least 4); else 0.
+
+    Token counts come from TRL's ``completion_ids`` when given, else from ``count_tokens``.
+    Bind the limit to the trainer's: ``functools.partial(length_reward, max_tokens=...)``.
+    """
+    floor = min_tokens if min_tokens is not None else max(4, int(max_tokens) // 16)
+
+    def score(text: str, ids: object) -> float:
+        n = len(ids) if isinstance(ids, list | tuple) else count_tokens(text)
+        if n >= max_tokens:
+            return -1.0
+        return -0.5 if n < floor else 0.0
+
+    return _score_each(score, completions, BOUNDS["length_reward"], (completion_ids,))
+
+
+# --- the teacher (an LLM judge) -------------------------------------------------------------
+
+TEACHER_PROMPT = """You grade a short answer to a medical question against the reference answer.
+
+Question: {question}
+Reference answer: {answer}
+Reply to grade: {reply}
+
+How correct and clinically sound is the reply's final answer? Reply with one integer from 0 (wrong or \
+unsafe) to 10 (fully correct), and nothing else."""
+
+
+def parse_grade(reply: object) -> float | None:
+    """The 0–10 grade in a judge's reply, as a fraction of 1; None when there is none."""
+    match = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)", reply) if isinstance(reply, str) else None
+    if match is None or float(match.group(1)) > 10:
+        return None
+    return float(match.group(1)) / 10
+
+
+def _default_ask() -> Callable[[str], str] | None:
+    """The course's judge client when one is set up in the environment, else None."""
+    try:
+        from helpers.judge import ask_judge, judge_config
+    except ImportError:
+        return None
+    return (lambda prompt: ask_judge(prompt, max_tokens=8)) if judge_config() is not None else None
+
+
+def teacher_available() -> bool:
+    """Whether a judge is set up in the environment (JUDGE_API_KEY), so ``teacher_reward`` can grade."""
+    return _default_ask() is not None
+
+
+def teacher_reward(completions, answer=None, question=None, prompts=None, ask=None, **kwargs) -> list[float]:
+    """A judge model's 0–10 grade of each answer, divided by 10.
+
+    ``ask(prompt) -> reply`` is the judge; by default the course's OpenAI-compatible client
+    (``helpers.judge``, set up with JUDGE_API_KEY, cached on disk). With no judge every completion
+    scores 0, which changes no advantage. A grade that fails gets the mean of the others, so a flaky
+    endpoint neither rewards nor punishes a completion.
+    """
+    texts = _texts(completions)
+    ask = ask or _default_ask()
+    if ask is None:
+        return [0.0] * len(texts)
+    grades: list[float | None] = []
+    for i, text in enumerate(texts):
+        q = _column(question, i) or completion_text(_column(prompts, i))
+        prompt = TEACHER_PROMPT.format(question=q, answer=_column(answer, i) or "", reply=text.strip())
+        try:
+            grades.append(parse_grade(ask(prompt)))
+        except Exception:  # the endpoint failed: handled below, training goes on
+            grades.append(None)
+    known = [g for g in grades if g is not None]
+    fill = sum(known) / len(known) if known else 0.0
+    return [g if g is not None else fill for g in grades]
+
+
+# --- combining rewards ----------------------------------------------------------------------
+
+def reward_name(fn: Callable) -> str:
+    """The name TRL logs a reward under (``functools.partial`` unwrapped)."""
+    while hasattr(fn, "func"):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def mix_weights(rule_weights: Mapping[str, float], teacher_share: float = 0.0) -> dict[str, float]:
+    """Weights that make the total reward ``(1 - share) × (weighted mean of the rules) + share × teacher``.
+
+    ``mix_weights({"format_reward": 1, "accuracy_reward": 2}, 0.4)`` gives format 0.2, accuracy 0.4,
+    teacher 0.4. With ``teacher_share=0`` there is no teacher weight (leave the teacher out).
+    """
+    share = min(1.0, max(0.0, float(teacher_share)))
+    total = sum(rule_weights.values())
+    if total <= 0:
+        raise ValueError("The rule weights must add up to more than 0.")
+    weights = {name: (1 - share) * w / total for name, w in rule_weights.items()}
+    if share > 0:
+        weights["teacher_reward"] = share
+    return weights
+
+
+def score_completions(completions: Sequence, reward_funcs: Iterable[Callable],
+                      weights: Mapping[str, float] | None = None, **columns) -> list[dict[str, float]]:
+    """Each reward's score of each completion, and the weighted total: one dict per completion."""
+    texts = _texts(completions)
+    rows: list[dict[str, float]] = [{} for _ in texts]
+    for fn in reward_funcs:
+        name = reward_name(fn)
+        for row, value in zip(rows, fn(completions, **columns), strict=True):
+            row[name] = value
+    for row in rows:
+        row["total"] = sum((weights or {}).get(name, 1.0) * value for name, value in row.items())
+    return rows

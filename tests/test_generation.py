@@ -1,0 +1,148 @@
+import json
+import sys
+import types
+
+import pytest
+
+from helpers import generation
+from helpers.generation import (
+    Reply,
+    adapter_fingerprint,
+    generate_replies,
+    generate_to_jsonl,
+    read_predictions,
+    uses_vllm,
+)
+
+ITEMS = [{"id": f"q{i}", "prompt": f"question {i}" + "?" * i} for i in range(5)]
+
+
+@pytest.fixture
+def fake_generate(monkeypatch):
+    """generate_replies replaced by a recorder: tests of bookkeeping need no model."""
+    calls = []
+
+    def fake(model, tokenizer, questions, **kwargs):
+        calls.append(list(questions))
+        return [Reply(q, f"<think>about {q}</think>Answer: B", 7, 0.5) for q in questions]
+
+    monkeypatch.setattr(generation, "generate_replies", fake)
+    return calls
+
+
+def test_replies_are_saved_with_the_think_block_apart(tmp_path, fake_generate):
+    path = tmp_path / "preds.jsonl"
+    records = generate_to_jsonl(None, None, ITEMS, path, batch_size=2, tag={"model": "m"})
+    assert [r["id"] for r in records] == [i["id"] for i in ITEMS]  # the order of the items
+    assert [len(batch) for batch in fake_generate] == [2, 2, 1]
+    first = records[0]
+    assert first["reply"] == "<think>about question 0</think>Answer: B"
+    assert first["think"] == "about question 0" and first["answer"] == "Answer: B"
+    assert first["tag"] == {"model": "m", "max_new_tokens": 128, "thinking": None, "do_sample": False}
+    assert len(path.read_text().splitlines()) == 5
+
+
+def test_a_rerun_resumes_and_generates_only_what_is_missing(tmp_path, fake_generate):
+    path = tmp_path / "preds.jsonl"
+    generate_to_jsonl(None, None, ITEMS[:3], path, batch_size=8)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + '\n{"id": "q2", "pro')  # stopped half-way through a line
+    fake_generate.clear()
+    records = generate_to_jsonl(None, None, ITEMS, path, batch_size=8)
+    assert fake_generate == [["question 2??", "question 3???", "question 4????"]]
+    assert len(records) == 5 and read_predictions(path) == ({r["id"]: r for r in records}, 0)
+    fake_generate.clear()
+    generate_to_jsonl(None, None, ITEMS, path, batch_size=8)
+    assert fake_generate == []  # everything was saved: nothing to generate
+
+
+def test_replies_made_with_other_settings_or_prompts_are_not_reused(tmp_path, fake_generate):
+    path = tmp_path / "preds.jsonl"
+    generate_to_jsonl(None, None, ITEMS, path, tag={"model": "base"})
+    fake_generate.clear()
+    generate_to_jsonl(None, None, ITEMS, path, tag={"model": "sft"})
+    assert len(fake_generate[0]) == 5
+    fake_generate.clear()
+    changed = [dict(ITEMS[0], prompt="a new prompt"), *ITEMS[1:]]
+    generate_to_jsonl(None, None, changed, path, tag={"model": "sft"})
+    assert fake_generate == [["a new prompt"]]
+    fake_generate.clear()
+    generate_to_jsonl(None, None, changed, path, tag={"model": "sft"}, max_new_tokens=64)
+    assert len(fake_generate[0]) == 5
+    assert len(read_predictions(path)[0]) == 5
+
+
+def test_real_generation_matches_generate_replies(embedded, tmp_path):
+    model, tokenizer = embedded
+    items = [{"id": "a", "prompt": "What organ pumps blood?"}, {"id": "b", "prompt": "Name one vitamin."}]
+    records = generate_to_jsonl(model, tokenizer, items, tmp_path / "p.jsonl", max_new_tokens=8, batch_size=2)
+    direct = generate_replies(model, tokenizer, [i["prompt"] for i in items], max_new_tokens=8, batch_size=2)
+    assert [r["reply"] for r in records] == [r.text for r in direct]
+    assert all(0 < r["new_tokens"] <= 8 and r["answer"] == r["reply"] for r in records)
+
+
+def test_adapter_fingerprint_changes_with_the_weights(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"one")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    first = adapter_fingerprint(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"x": 1}')
+    assert adapter_fingerprint(tmp_path) == first  # only the adapter's own files count
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"two")
+    assert adapter_fingerprint(tmp_path) != first
+
+
+class _Output:
+    def __init__(self, text):
+        self.outputs = [types.SimpleNamespace(text=f" {text} ", token_ids=[1, 2, 3])]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in for the vllm package: records what the course asks of it."""
+    module = types.ModuleType("vllm")
+    seen = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            seen["params"] = kwargs
+
+    class LLM:
+        def generate(self, prompts, sampling_params=None, use_tqdm=True, **kwargs):
+            seen["prompts"], seen["kwargs"] = prompts, kwargs
+            return [_Output(f"reply {i}") for i, _ in enumerate(prompts)]
+
+    LLM.__module__ = "vllm.entrypoints.llm"
+    module.SamplingParams, module.LLM = SamplingParams, LLM
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return module, seen
+
+
+def test_a_vllm_engine_generates_greedily_with_the_chat_template(fake_vllm, embedded):
+    module, seen = fake_vllm
+    _, tokenizer = embedded
+    llm = module.LLM()
+    assert uses_vllm(llm)
+    replies = generate_replies(llm, tokenizer, ["Hi", "Bye"], max_new_tokens=12, lora_request="sft")
+    assert [r.text for r in replies] == ["reply 0", "reply 1"] and replies[0].new_tokens == 3
+    assert seen["params"] == {"temperature": 0.0, "max_tokens": 12}
+    assert seen["kwargs"] == {"lora_request": "sft"}
+    assert seen["prompts"][0].startswith("<|im_start|>") and seen["prompts"][0].endswith("assistant\n")
+
+
+def test_an_adapter_is_never_dropped_by_the_vllm_path():
+    class FastModel:  # unsloth's fast_inference model
+        def fast_generate(self):
+            pass
+
+    class PeftFastModel(FastModel):  # …wrapped with a PEFT adapter
+        peft_config = {}
+
+    assert uses_vllm(FastModel()) and not uses_vllm(PeftFastModel())
+    assert uses_vllm(PeftFastModel(), lora_request="sft") and not uses_vllm(object())
+
+
+def test_predictions_file_is_plain_jsonl(tmp_path, fake_generate):
+    path = tmp_path / "p.jsonl"
+    generate_to_jsonl(None, None, ITEMS[:1], path)
+    assert json.loads(path.read_text())["id"] == "q0"

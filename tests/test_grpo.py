@@ -1,0 +1,124 @@
+import functools
+import json
+
+import pytest
+import torch
+
+from helpers import CourseError, grpo, rewards
+from helpers.models import add_lora, load_text_model, save_adapter
+from helpers.profiles import get_profile
+
+CPU = get_profile("cpu")
+PROMPT = ("<|im_start|>user\nWhich drug reverses an opioid overdose?<|im_end|>\n"
+          "<|im_start|>assistant\n<think>\n")
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer([PROMPT], return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_without_an_sft_adapter_the_policy_is_the_base_model_with_fresh_adapters(embedded, tmp_path):
+    model, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, lora_alpha=8,
+                                                 gradient_checkpointing=False)
+    assert "base model" in started and "run 03_sft_llm.ipynb first" in started
+    assert model.peft_config["default"].r == 4
+    base, _ = embedded
+    assert torch.allclose(_logits(model, tokenizer), _logits(base, tokenizer), atol=1e-5)  # B starts at zero
+
+
+def test_the_sft_adapter_is_loaded_trainable_with_its_own_rank(tmp_path):
+    model, tokenizer = load_text_model("embedded")
+    sft = add_lora(model, r=8, alpha=16, gradient_checkpointing=False)
+    with torch.no_grad():  # a trained adapter: B is no longer zero
+        for name, param in sft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    expected = _logits(sft, tokenizer)
+    save_adapter(sft, tokenizer, tmp_path / grpo.SFT_ADAPTER)
+
+    policy, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+    assert "SFT adapter" in started
+    assert policy.peft_config["default"].r == 8  # the adapter's own rank, not lora_r
+    assert torch.allclose(_logits(policy, tokenizer), expected, atol=1e-5)
+    assert any(p.requires_grad for name, p in policy.named_parameters() if "lora_B" in name)
+
+    fresh, _, started = grpo.load_policy(CPU, tmp_path, from_sft=False, gradient_checkpointing=False)
+    assert "FROM_SFT is False" in started
+
+
+def test_an_sft_adapter_of_another_model_is_one_sentence(tmp_path):
+    folder = tmp_path / grpo.SFT_ADAPTER
+    folder.mkdir()
+    config = {"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"]}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    from safetensors.torch import save_file
+
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    save_file({key: torch.zeros(4, 7)}, folder / "adapter_model.safetensors")  # wrong width
+    with pytest.raises(CourseError, match="does not fit"):
+        grpo.load_policy(CPU, tmp_path, gradient_checkpointing=False)
+
+
+def test_format_step_is_one_short_line():
+    line = grpo.format_step(3, 12, {"reward": 0.25, "rewards/format_reward/mean": 0.5,
+                                    "rewards/accuracy_reward/mean": 0.0, "kl": 0.0012,
+                                    "completions/mean_length": 40.5, "step_time": 5.25})
+    assert line == ("step   3/12 · reward +0.250 · format +0.50 · accuracy +0.00 · KL 0.0012 · length 40 · "
+                    "5.2 s")
+
+
+def test_reward_history_keeps_the_steps_that_logged_rewards():
+    log = [{"step": 1, "reward": -0.1, "kl": 0.0, "rewards/format_reward/mean": 0.0,
+            "rewards/format_reward/std": 0.0, "completions/mean_length": 48.0},
+           {"step": 2, "reward": 0.3, "kl": 0.01, "rewards/format_reward/mean": 0.5,
+            "completions/mean_length": 30.0},
+           {"step": 2, "train_runtime": 12.0}]
+    history = grpo.reward_history(log)
+    assert list(history.index) == [1, 2]
+    assert list(history["format_reward"]) == [0.0, 0.5] and "format_reward/std" not in history
+    assert grpo.reward_trend(history, "reward", window=1) == (-0.1, 0.3)
+    assert grpo.reward_history([{"step": 1, "train_runtime": 3.0}]).empty
+
+
+def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp_path, capsys):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+    rows = [{"prompt": PROMPT, "answer": "Naloxone", "choices": "", "question": "Which drug?"}] * 2
+    funcs = [rewards.format_reward, rewards.accuracy_reward,
+             functools.partial(rewards.length_reward, max_tokens=6)]
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
+                      num_generations=2, max_completion_length=6, beta=0.04, bf16=False,
+                      gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
+                      reward_weights=[0.25, 0.5, 0.25])
+    trainer = GRPOTrainer(model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer)
+    watcher = grpo.watch_training(trainer, sample_every=1, group_size=2)
+    trainer.train()
+    printed = capsys.readouterr().out
+    assert "step   1/2 · reward" in printed and "step   2/2 · reward" in printed and "'loss'" not in printed
+    assert [r["step"] for r in watcher.rows] == [1, 1, 2, 2]
+    assert {"prompt", "completion", "format_reward", "accuracy_reward", "length_reward", "advantage"} <= set(
+        watcher.rows[0])
+    assert watcher.rows[0]["prompt"].startswith("Which drug reverses")
+    history = grpo.reward_history(trainer.state.log_history)
+    assert list(history.index) == [1, 2] and {"reward", "kl", "format_reward"} <= set(history.columns)
+
+    assert "ref" in model.peft_config  # TRL's frozen copy of the starting adapter, the KL reference
+    saved = grpo.save_grpo_adapter(model, tokenizer, tmp_path / grpo.GRPO_ADAPTER)
+    assert (saved / "adapter_config.json").is_file() and not (saved / "ref").exists()
+
+
+def test_score_policy_scores_greedy_completions_with_every_reward(embedded):
+    model, tokenizer = embedded
+    funcs = [rewards.format_reward, functools.partial(rewards.length_reward, max_tokens=8)]
+    means, texts = grpo.score_policy(model, tokenizer, [PROMPT, PROMPT], {"answer": ["Naloxone"] * 2}, funcs,
+                                     {"format_reward": 0.5, "length_reward": 0.5}, max_new_tokens=8)
+    assert texts[0] == texts[1] and texts[0]  # greedy: the same prompt gives the same completion
+    assert set(means) == {"format_reward", "length_reward", "total"}
+    # 8 new tokens of a question that needs more: cut off at the limit.
+    assert means["length_reward"] == -1.0
+    assert means["total"] == pytest.approx(0.5 * means["format_reward"] - 0.5)
