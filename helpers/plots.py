@@ -371,29 +371,11 @@ def show_caption_comparison(images: Sequence, references: Sequence[str], before:
     return fig
 
 
-def plot_vl_loss(points: Sequence[tuple[int, float]], title: str = "Vision-language SFT loss"):
-    """Training loss (on the report tokens) against optimizer step."""
-    fig = _vl_figure(7, 3.5)
-    ax = fig.subplots()
-    if points:
-        steps, losses = zip(*points, strict=True)
-        ax.plot(steps, losses, marker="o", markersize=3)
-        for step, loss in ((steps[0], losses[0]), (steps[-1], losses[-1])):
-            ax.annotate(f"{loss:.2f}", (step, loss), textcoords="offset points", xytext=(4, 4))
-    else:
-        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss (nats / report token)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def plot_caption_scores(before: dict[str, float], after: dict[str, float],
                         title: str = "Held-out reports: base vs SFT"):
     """Side-by-side bars of each caption score (0 to 1) before and after fine-tuning."""
     names = list(before)
-    fig = _vl_figure(6, 3.5)
-    ax = fig.subplots()
+    fig, ax = _figure(6, 3.5)
     width = 0.38
     for offset, (label, values) in zip((-width / 2, width / 2), (("base", before), ("after SFT", after)),
                                        strict=True):
@@ -402,5 +384,4 @@ def plot_caption_scores(before: dict[str, float], after: dict[str, float],
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names])
     ax.set(title=title, ylabel="score (0 to 1, higher is better)", ylim=(0, 1.05))
     ax.legend()
-    fig.tight_layout()
     return fig

@@ -432,29 +432,7 @@ def generate_captions(model, processor, images: list, instruction: str, *, max_n
     return captions
 
 
-# --- scores: ROUGE-L and findings-keyword recall ------------------------------------------------
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: the longest common word subsequence, as a share of both texts (0 to 1)."""
-    a, b = _words(prediction), _words(reference)
-    if not a or not b:
-        return 0.0
-    previous = [0] * (len(b) + 1)
-    for word in a:  # dynamic programme over the two word lists, one row at a time
-        current = [0]
-        for j, other in enumerate(b):
-            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
-        previous = current
-    common = previous[-1]
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(b)
-    return 2 * precision * recall / (precision + recall)
-
+# --- scores: findings-keyword recall (ROUGE-L is helpers.metrics.rouge_l) -------------------------
 
 # Findings vocabulary: imaging modality, view, anatomy and finding words a report should name.
 # Each entry lists the spellings that count as the same finding.
@@ -496,46 +474,11 @@ def keyword_recall(prediction: str, reference: str) -> float | None:
 
 def score_captions(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-L and mean findings-keyword recall over pairs of prediction and reference."""
+    from helpers.metrics import rouge_l
+
     rouge = [rouge_l(p, r) for p, r in zip(predictions, references, strict=True)]
     recalls = [k for k in (keyword_recall(p, r) for p, r in zip(predictions, references, strict=True))
                if k is not None]
     return {"rouge_l": sum(rouge) / len(rouge) if rouge else 0.0,
             "keyword_recall": sum(recalls) / len(recalls) if recalls else 0.0}
 
-
-# --- checkpoints and the loss curve -------------------------------------------------------------
-
-SETTINGS_FILE = "course-settings.json"
-
-
-def last_checkpoint(folder: str | Path) -> Path | None:
-    """The latest complete ``checkpoint-<step>`` in ``folder`` (one cut off while saving is passed over)."""
-    done = [p for p in Path(folder).glob("checkpoint-*")
-            if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
-
-
-def resume_checkpoint(folder: str | Path, settings: dict) -> Path | None:
-    """The checkpoint to resume from, or None to start fresh.
-
-    ``settings`` (model, data, LoRA and trainer choices) are saved beside the checkpoints; when they
-    differ from the saved ones the old checkpoints belong to another run and are removed.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    saved = folder / SETTINGS_FILE
-    settings = json.loads(json.dumps(settings, default=str))  # compare as JSON would store it
-    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
-        stale = sorted(folder.glob("checkpoint-*"))
-        if stale:
-            print(f"The training settings changed: removing {len(stale)} old checkpoint(s) in {folder}.")
-        for path in stale:
-            shutil.rmtree(path)
-    saved.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    return last_checkpoint(folder)
-
-
-def loss_points(log_history: list[dict]) -> list[tuple[int, float]]:
-    """(step, training loss) pairs from ``trainer.state.log_history``, in step order."""
-    points = {int(e["step"]): float(e["loss"]) for e in log_history if "loss" in e and "step" in e}
-    return sorted(points.items())
