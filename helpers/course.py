@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,9 @@ def run_notebook(notebook: Path, executed: Path, parameters: dict, cwd: Path) ->
     from traitlets.config import Config
 
     # Local sockets (IPC) rather than TCP: nothing to eavesdrop on, and no warning about it.
-    config = Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
+    # The socket files go to the temp folder, not into the course folder the kernel runs in.
+    sockets = {"transport": "ipc", "ip": os.path.join(tempfile.gettempdir(), f"course-kernel-{os.getpid()}")}
+    config = Config({"KernelManager": sockets}) if os.name == "posix" else Config()
     began = time.perf_counter()
     try:
         papermill.execute_notebook(

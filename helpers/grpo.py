@@ -132,8 +132,9 @@ def watch_training(trainer, sample_every: int, group_size: int):
                 row["advantage"] = round(logs["advantages"][i], 2)
                 self.rows.append(row)
 
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    for callback in list(trainer.callback_handler.callbacks):  # the default printers, notebook table included
+        if isinstance(callback, PrinterCallback | ProgressCallback) or "Progress" in type(callback).__name__:
+            trainer.remove_callback(callback)
     watcher = Watcher()
     trainer.add_callback(watcher)
     return watcher

@@ -1,8 +1,17 @@
-"""Shared fixtures: the embedded model is loaded once per test session (it takes seconds)."""
+"""Shared fixtures: the embedded model, and one run of the whole course that notebook tests read."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +20,28 @@ def embedded():
     from helpers.models import load_text_model
 
     return load_text_model("embedded")
+
+
+@dataclass
+class CourseRun:
+    """The outputs of ``python -m helpers.course run --profile cpu``, run once per test session."""
+
+    run: Path  # the run dir, outputs/cpu
+    returncode: int
+    log: str
+
+    def metrics(self, notebook: str) -> dict:
+        return json.loads((self.run / "metrics" / f"{notebook}.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="session")
+def cpu_course(tmp_path_factory) -> CourseRun:
+    """The whole course, executed once: each notebook's tests assert on what it left in the run dir.
+
+    Running it once (about ten minutes on two cores) rather than per test keeps the suite fast.
+    """
+    outputs = tmp_path_factory.mktemp("course-outputs")
+    env = {**os.environ, "COURSE_OUTPUTS": str(outputs)}
+    done = subprocess.run([sys.executable, "-m", "helpers.course", "run", "--profile", "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
+    return CourseRun(outputs / "cpu", done.returncode, done.stdout[-4000:] + done.stderr[-4000:])

@@ -1,7 +1,7 @@
 """The evaluation notebooks in the course runner: 04 refuses clearly, and scores an adapter end to end."""
 
 import json
-import sys
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -10,8 +10,6 @@ import pytest
 from helpers.course import run_course
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters import make_test_adapter  # noqa: E402
 
 pytestmark = pytest.mark.notebooks
 
@@ -51,29 +49,27 @@ def _records(path: Path) -> dict:
     return {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
 
 
-def test_01_02_04_score_an_adapter_before_and_after(outputs):
-    results = run_course("cpu", ["01", "02"], folder=ROOT)
-    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
-    run = outputs / "cpu"
-    data = _metrics(run, "01_eval_data")
+def test_01_02_04_score_the_sft_adapter_before_and_after(cpu_course, outputs):
+    assert cpu_course.returncode == 0, cpu_course.log
+    data = cpu_course.metrics("01_eval_data")
     assert data["mcq_zh"] == data["mcq_en"] == 8 and data["open_items"] == 4
-    before = _metrics(run, "02_eval_before")
+    before = cpu_course.metrics("02_eval_before")
     assert before["mcq_n"] == 16 and 0 <= before["mcq_lo"] <= before["mcq_acc"] <= before["mcq_hi"] <= 1
-
-    make_test_adapter(run / "sft-adapter")
-    [result] = run_course("cpu", ["04"], folder=ROOT)
-    assert result.status == "ok", result.error
-    after = _metrics(run, "04_eval_after")
+    after = cpu_course.metrics("04_eval_after")
     assert after["mcq_acc_base"] == before["mcq_acc"]  # the base is not scored again, it is read back
     correct = {label: round(after[f"mcq_acc_{label}"] * 16) for label in ("base", "sft")}
     assert correct["sft"] - correct["base"] == after["fixed_sft"] - after["broken_sft"]
     assert 0 < after["mcnemar_p_sft"] <= 1
+    run = cpu_course.run
     base, sft = _records(run / "eval" / "base" / "mcq.jsonl"), _records(run / "eval" / "sft" / "mcq.jsonl")
     assert base.keys() == sft.keys() and all(base[i]["prompt"] == sft[i]["prompt"] for i in base)
     assert any(base[i]["reply"] != sft[i]["reply"] for i in base)  # the adapter changed the answers
 
+    copy = outputs / "cpu"  # a copy, so the shared run stays as the course left it
+    shutil.copytree(run, copy)
     [again] = run_course("cpu", ["04"], folder=ROOT)  # a rerun resumes from the saved answers
-    assert again.status == "ok" and _metrics(run, "04_eval_after") == after
-    executed = nbformat.read(run / "executed" / "04_eval_after.ipynb", as_version=4)
+    assert again.status == "ok" and _metrics(copy, "04_eval_after") == after
+    executed = nbformat.read(copy / "executed" / "04_eval_after.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "resuming, 16 of 16 replies already saved" in text
+

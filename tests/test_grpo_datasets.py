@@ -37,8 +37,8 @@ def test_unusable_verifiable_rows_say_why(row, reason):
 def test_exam_questions_of_both_schemas_become_lettered_prompts_as_in_evaluation():
     cmb = grpo_item_from_exam(ds.map_cmb_exam(CMB_ROW, 0))
     assert cmb.answer == "B" and cmb.choices == "ABC" and cmb.language == "zh"  # empty options dropped
-    assert cmb.question.endswith("首选药物是\nA. 胰岛素\nB. 二甲双胍\nC. 阿司匹林")
-    assert cmb.question.startswith(ds.MCQ_INSTRUCTIONS["zh"])  # the instruction 02 and 04 use
+    header, request = ds.MCQ_INSTRUCTIONS["zh"]  # the instruction 02 and 04 use, before and after
+    assert cmb.question == f"{header}\n\n首选药物是\nA. 胰岛素\nB. 二甲双胍\nC. 阿司匹林\n\n{request}"
     medqa = grpo_item_from_exam(ds.map_medqa(MEDQA_ROW, 0))
     assert medqa.answer == "B" and medqa.choices == "ABCD" and "\nB. Naloxone\n" in medqa.question
 

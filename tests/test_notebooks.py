@@ -1,7 +1,6 @@
 """Notebook hygiene, and every notebook executed in the cpu profile through the course runner."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,14 +42,11 @@ def test_ruff_is_clean_on_helpers_tests_and_notebooks():
 
 
 @pytest.mark.notebooks
-def test_the_whole_course_runs_in_the_cpu_profile(tmp_path):
-    env = {**os.environ, "COURSE_OUTPUTS": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "helpers.course", "run", "--profile", "cpu"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((tmp_path / "cpu" / "summary.json").read_text())
+def test_the_whole_course_runs_in_the_cpu_profile(cpu_course):
+    assert cpu_course.returncode == 0, cpu_course.log
+    summary = json.loads((cpu_course.run / "summary.json").read_text())
     assert [r["notebook"] for r in summary] == DESIGN_CARD
     assert all(r["status"] == "ok" for r in summary)
-    env_metrics = json.loads((tmp_path / "cpu" / "metrics" / "00_env_setup.json").read_text())["metrics"]
+    env_metrics = cpu_course.metrics("00_env_setup")
     assert env_metrics["profile"] == "cpu" and env_metrics["backend"] == "transformers"
     assert env_metrics["smoke_tokens_per_s"] > 0
