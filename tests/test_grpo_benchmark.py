@@ -1,0 +1,36 @@
+"""The GRPO benchmark script's CPU path: the same code the GPU run takes, minus CUDA and unsloth."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from helpers.profiles import PROFILES
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "grpo_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("grpo_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_setting_is_the_profile_grpo_shape(bench):
+    t4 = bench.setting("t4")
+    assert t4["generations"] == PROFILES["t4"].grpo_generations
+    assert t4["completion"] == PROFILES["t4"].grpo_max_completion
+    assert t4["load_in_4bit"] and t4["dtype"] == "float16" and t4["seq"] > t4["completion"]
+    assert bench.setting("80gb", generations=2, completion=16)["generations"] == 2
+
+
+def test_a_grpo_step_is_measured_on_a_tiny_qwen3(bench, tmp_path):
+    folder = bench.make_tiny_checkpoint(tmp_path / "tiny", None)
+    shape = bench.setting("t4", generations=2, completion=4)
+    result = bench.measure(str(folder), "transformers", shape, steps=1)
+    assert result["backend"] == "transformers" and result["steps"] == 1
+    assert result["seconds_per_step"] > 0 and result["peak_gb"] is None  # no GPU here
+    assert result["load_in_4bit"] is False and result["dtype"] == "float32"  # what a CPU actually loads
+    assert result["mean_completion_tokens"] == 4  # random weights never stop early
