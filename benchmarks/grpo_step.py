@@ -74,6 +74,7 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
     from helpers.datasets import load_grpo_items
     from helpers.generation import chat_prompt
     from helpers.models import add_lora, count_parameters, load_text_model
+    from helpers.training import fp32_adapters_for_fp16
 
     cuda = torch.cuda.is_available()
     dtype = shape["dtype"] if cuda else "float32"
@@ -112,6 +113,7 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
         )
         trainer = GRPOTrainer(model=model, args=args, reward_funcs=funcs, processing_class=tokenizer,
                               train_dataset=Dataset.from_list(rows), callbacks=[timer])
+        fp32_adapters_for_fp16(trainer)  # as 06 does: fp16 (t4) needs fp32 adapters
         trainer.train()
     times = [b - a for a, b in zip(timer.marks[:-1], timer.marks[1:], strict=True)]
     logged = [e for e in trainer.state.log_history if "completions/mean_length" in e][warmup:]

@@ -117,7 +117,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from helpers import datasets
+    from helpers import datasets, training
 
     if plan["full"]:
         model.requires_grad_(True)
@@ -132,6 +132,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
     args = sft_config(f"/tmp/course-sft-bench/{setting}-{backend}", plan, warmup + steps, padding_free, cuda)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[clock.callback()])
+    training.fp32_adapters_for_fp16(trainer)  # as 03 does: fp16 (t4) needs fp32 adapters
     collate = trainer.data_collator
 
     def counting_collator(features):

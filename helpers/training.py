@@ -143,6 +143,26 @@ def train(trainer):
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
+def fp32_adapters_for_fp16(trainer) -> int:
+    """Give QLoRA adapters fp32 weights again when the trainer runs in fp16 (a T4); returns how many.
+
+    TRL's trainers store the adapters of a 4-bit model in bf16, but fp16 training scales the loss
+    and must unscale the gradients, which PyTorch cannot do for bf16 ones: the first step fails.
+    fp32 adapters are the usual mixed-precision choice. unsloth arranges this itself, so it is left alone.
+    """
+    import torch
+
+    model = trainer.model
+    if not trainer.args.fp16 or getattr(model, "course_backend", None) == "unsloth":
+        return 0
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype == torch.bfloat16:
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
 # --- the log history --------------------------------------------------------------------------
 
 def loss_curve(log_history: list[dict]) -> list[tuple[int, float]]:

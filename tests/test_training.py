@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -181,6 +182,36 @@ def test_a_checkpoint_interrupted_while_saving_is_passed_over(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     assert training.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     assert training.last_checkpoint(tmp_path / "none") is None
+
+
+class _Trainer:
+    """What ``fp32_adapters_for_fp16`` reads of a trainer: its model and its precision."""
+
+    def __init__(self, model, fp16: bool):
+        self.model, self.args = model, SimpleNamespace(fp16=fp16)
+
+
+def _bf16_adapters(backend: str) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    model[0].requires_grad_(False)  # a frozen base layer keeps its dtype
+    model.course_backend = backend
+    return model
+
+
+def test_fp16_training_gets_fp32_adapters_and_fp32_gradients():
+    model = _bf16_adapters("transformers")
+    assert training.fp32_adapters_for_fp16(_Trainer(model, fp16=True)) == 2  # weight and bias
+    assert model[1].weight.dtype == torch.float32 and model[0].weight.dtype == torch.bfloat16
+    model[1](torch.ones(1, 4)).sum().backward()
+    # CUDA's gradient scaler (fp16 training) cannot unscale bf16 gradients; these are fp32.
+    assert model[1].weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend, fp16", [("transformers", False), ("unsloth", True)])
+def test_adapters_are_left_alone_in_bf16_training_and_under_unsloth(backend, fp16):
+    model = _bf16_adapters(backend)
+    assert training.fp32_adapters_for_fp16(_Trainer(model, fp16=fp16)) == 0
+    assert model[1].weight.dtype == torch.bfloat16
 
 
 def test_loss_curve_reads_training_losses_in_step_order():
