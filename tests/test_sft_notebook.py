@@ -12,7 +12,7 @@ def test_sft_teaches_the_think_format_on_held_out_questions(cpu_course):
     assert m["think_format_after"] >= 0.8
     assert m["think_format_after"] > m["think_format_before"]
     assert m["loss_last"] < m["loss_first"]
-    assert m["held_out"] >= 12 and m["train_examples"] >= 100 and m["dropped_overlong"] == 0
+    assert m["held_out"] >= 12 and m["train_examples"] >= 60 and m["dropped_overlong"] == 0
 
 
 def test_sft_leaves_the_adapter_where_04_and_06_look_and_its_checkpoints(cpu_course):
