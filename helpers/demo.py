@@ -62,7 +62,7 @@ def attach_adapters(model, adapters: dict[str, Path]):
 
 def use_model(model, label: str):
     """A context in which ``model`` answers as ``label``: "base" turns every adapter off."""
-    if not hasattr(model, "set_adapter"):  # a plain model: only the base exists
+    if not hasattr(model, "disable_adapter"):  # not a PeftModel: only the base exists
         return nullcontext()
     if label == "base":
         return model.disable_adapter()

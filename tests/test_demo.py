@@ -19,7 +19,7 @@ def _random_adapter(path: Path, seed: int) -> Path:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     return save_adapter(model, tokenizer, path)
 
 
