@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup course test lint clean
+.PHONY: setup course test browser-test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ course: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The browser test of 07 alone: Debian's Chromium (installed when missing, as root) drives
+# JupyterLab; it reuses the run `make course` left in outputs/ (and makes one when there is none).
+browser-test: setup
+	command -v chromium >/dev/null || apt-get install -y -q chromium
+	test -f outputs/cpu/metrics/06_grpo.json || $(PY) -m helpers.course run --profile cpu
+	COURSE_TEST_OUTPUTS=outputs $(PY) -m pytest -q -m browser
 
 lint: setup
 	$(PY) -m ruff check .

@@ -67,8 +67,12 @@ def test_01_02_04_score_the_sft_adapter_before_and_after(cpu_course, outputs):
 
     copy = outputs / "cpu"  # a copy, so the shared run stays as the course left it
     shutil.copytree(run, copy)
-    [again] = run_course("cpu", ["04"], folder=ROOT)  # a rerun resumes from the saved answers
-    assert again.status == "ok" and _metrics(copy, "04_eval_after") == after
+    # Rerun after 06: the SFT answers are read back, and the GRPO adapter 06 saved is scored too.
+    [again] = run_course("cpu", ["04"], folder=ROOT)
+    assert again.status == "ok", again.error
+    rerun = _metrics(copy, "04_eval_after")
+    assert {key: rerun[key] for key in after} == after
+    assert {"mcq_acc_grpo", "fixed_grpo", "broken_grpo", "mcnemar_p_grpo"} <= rerun.keys()
     executed = nbformat.read(copy / "executed" / "04_eval_after.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "resuming, 16 of 16 replies already saved" in text

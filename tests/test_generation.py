@@ -164,8 +164,10 @@ def test_a_profile_loads_into_vllm_with_lora_enabled(fake_vllm, monkeypatch):
             seen["llm"] = kwargs
 
     module.LLM = LLM
-    generation.load_vllm(get_profile("cpu"))
-    assert seen["llm"] == {"model": str(embedded_model_dir()), "dtype": "float32", "max_model_len": 512 + 96,
+    cpu = get_profile("cpu")
+    generation.load_vllm(cpu)
+    assert seen["llm"] == {"model": str(embedded_model_dir()), "dtype": "float32",
+                           "max_model_len": cpu.max_seq_length + cpu.max_new_tokens,
                            "enable_lora": True, "max_lora_rank": 16, "gpu_memory_utilization": 0.85,
                            "seed": 0}
     generation.load_vllm(get_profile("t4", text_model="embedded", lora_r=12))
