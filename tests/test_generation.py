@@ -179,3 +179,29 @@ def test_a_profile_loads_into_vllm_with_lora_enabled(fake_vllm, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.lora.request", request_module)
     request = generation.lora_request("sft", 1, Path("out/sft-adapter"))
     assert request == ("request", "sft", 1, "out/sft-adapter")
+
+
+def test_out_of_memory_stops_with_the_knobs_or_goes_on_with_half_the_batch(tmp_path, embedded, monkeypatch,
+                                                                            capsys):
+    import torch
+
+    from helpers.errors import OutOfMemory
+
+    model, tokenizer = embedded
+    real, sizes = model.generate, []
+
+    def generate(**kwargs):  # a GPU with room for two answers at once
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    path = tmp_path / "p.jsonl"
+    with pytest.raises(OutOfMemory, match=r"while generating 4 answers at once: lower BATCH_SIZE"):
+        generate_to_jsonl(model, tokenizer, ITEMS[:4], path, max_new_tokens=2, batch_size=4)
+    assert not path.exists() or path.read_text() == ""  # nothing half-written
+    records = generate_to_jsonl(model, tokenizer, ITEMS[:4], path, max_new_tokens=2, batch_size=4,
+                                halve_batch_on_oom=True)
+    assert sizes == [4, 4, 2, 2] and [r["id"] for r in records] == ["q0", "q1", "q2", "q3"]
+    assert "Out of GPU memory with 4 answers at once: going on with 2." in capsys.readouterr().out

@@ -1,11 +1,16 @@
 import importlib.machinery
+import socket
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from helpers import CourseError, hub
+
+OPEN_NETWORK = socket.create_connection  # before the fixture below closes it
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +29,7 @@ def isolated_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(hub.socket, "create_connection", closed_network)
     hub.configure("auto")
     yield hosts
-    hub.configure("auto")
+    hub.configure("auto", hf_endpoint="https://huggingface.co")  # huggingface_hub keeps what it was told
 
 
 def test_a_local_folder_is_used_as_is(tmp_path):
@@ -62,7 +67,8 @@ def test_the_local_hf_cache_is_used_offline(monkeypatch, tmp_path):
 def test_hf_endpoint_mirror_is_honoured(monkeypatch, tmp_path, isolated_hub):
     calls = []
 
-    def fake_snapshot_download(repo_id, repo_type):
+    def fake_snapshot_download(repo_id, repo_type, endpoint, etag_timeout):
+        assert endpoint == "https://hf-mirror.com"
         calls.append((repo_id, repo_type))
         return str(tmp_path / "downloaded")
 
@@ -95,7 +101,7 @@ def test_modelscope_source_downloads_through_modelscope(monkeypatch, tmp_path):
 
 
 def test_a_failed_download_is_one_line(monkeypatch):
-    def broken(repo_id, repo_type):
+    def broken(repo_id, repo_type, endpoint, etag_timeout):
         raise RuntimeError("401 Client Error\nRepository is gated")
 
     monkeypatch.setattr(hub.socket, "create_connection", lambda address, timeout: _Socket())
@@ -138,3 +144,39 @@ class _Socket:
 
 def test_resolved_paths_are_paths():
     assert isinstance(hub.cache_dir(), Path)
+
+
+@pytest.fixture
+def silent_mirror(monkeypatch):
+    """A mirror on localhost that accepts every connection and never says a word."""
+    monkeypatch.setattr(hub.socket, "create_connection", OPEN_NETWORK)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # the server was closed: the test is over
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setattr(hub, "READ_TIMEOUT_S", 1.0)
+    hub.configure("huggingface", hf_endpoint=f"http://127.0.0.1:{server.getsockname()[1]}")
+    yield
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_mirror_that_never_answers_is_given_up_quickly(silent_mirror, capsys, tmp_path):
+    started = time.monotonic()
+    assert hub.resolve_model("Qwen/Qwen3-1.7B") == hub.Resolved(tmp_path / "embedded", "embedded")
+    assert hub.resolve_dataset("FreedomIntelligence/medical-o1-reasoning-SFT") is None
+    assert time.monotonic() - started < 20  # without a deadline this call never returns
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["No hub reachable: using the embedded SmolLM2-135M-Instruct instead of Qwen/Qwen3-1.7B.",
+                   "No hub reachable: using the course's offline samples instead of "
+                   "FreedomIntelligence/medical-o1-reasoning-SFT."]

@@ -14,6 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from helpers import CourseError, datasets, training
 from helpers.datasets import SFTExample
+from helpers.errors import is_out_of_memory
 from helpers.hub import embedded_model_dir
 from helpers.models import LORA_TARGETS, add_lora, count_parameters, load_text_model
 
@@ -173,6 +174,75 @@ def test_changed_settings_start_over(tiny_dir, tmp_path, capsys):
     assert counter.steps == 4
     saved = json.loads((folder / training.SETTINGS_FILE).read_text())
     assert saved["args"]["learning_rate"] == "0.0005" and saved["adapter"]["r"] == 4
+
+
+class OutOfMemoryAt(TrainerCallback):
+    """The GPU runs out of memory at ``step`` while the batch is larger than ``fits`` rows."""
+
+    def __init__(self, step: int, fits: int = 1):
+        self.step, self.fits, self.raised = step, fits, 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step and args.per_device_train_batch_size > self.fits:
+            self.raised += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+
+def test_out_of_memory_ends_in_one_sentence_naming_the_knobs(tiny_dir, tmp_path):
+    trainer = make_trainer(tiny_dir, tmp_path / "ck", callbacks=[OutOfMemoryAt(3)])
+    with pytest.raises(CourseError) as error:
+        training.train(trainer)
+    message = str(error.value)
+    assert message.startswith("The GPU ran out of memory while training at batch size 2: lower the batch")
+    assert "HALVE_BATCH_ON_OOM = True" in message and "\n" not in message
+    assert training.last_checkpoint(tmp_path / "ck").name == "checkpoint-2"  # the work so far is kept
+
+
+def test_out_of_memory_retries_with_half_the_batch_from_the_last_checkpoint(tiny_dir, tmp_path, capsys):
+    oom, counter = OutOfMemoryAt(3), StepCounter()
+    trainer = make_trainer(tiny_dir, tmp_path / "ck", callbacks=[oom, counter])
+    training.train(trainer, halve_batch_on_oom=True)
+    out = capsys.readouterr().out
+    assert "Out of GPU memory at batch size 2: retrying with batch size 1 and gradient accumulation 2" in out
+    assert "Resuming from checkpoint-2 (step 2 of 4)" in out  # the settings still match: same rows per step
+    assert oom.raised == 1 and trainer.state.global_step == 4 and counter.steps == 2 + 2
+    assert training.effective_batch(trainer.args) == 2
+
+
+class AdapterAtStart(TrainerCallback):
+    """Records the adapter's weights each time training begins."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.seen.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
+
+
+def test_out_of_memory_before_any_checkpoint_starts_again_from_scratch(tiny_dir, tmp_path, capsys):
+    starts = AdapterAtStart()
+    trainer = make_trainer(tiny_dir, tmp_path / "ck", callbacks=[OutOfMemoryAt(2), starts])
+    training.train(trainer, halve_batch_on_oom=True)  # step 1 trained, step 2 ran out: no checkpoint yet
+    out = capsys.readouterr().out
+    assert out.count("Training from the start: 4 steps.") == 2 and trainer.state.global_step == 4
+    first, retry = starts.seen
+    assert all(torch.equal(first[name], retry[name]) for name in first)  # step 1's update was undone
+    assert all(retry[name].abs().sum() == 0 for name in retry if "lora_B" in name)
+
+
+def test_at_batch_size_one_there_is_nothing_left_to_halve(tiny_dir, tmp_path):
+    trainer = make_trainer(tiny_dir, tmp_path / "ck", callbacks=[OutOfMemoryAt(1, fits=0)])
+    with pytest.raises(CourseError, match="while training at batch size 1"):
+        training.train(trainer, halve_batch_on_oom=True)
+
+
+@pytest.mark.parametrize("error, expected", [
+    (torch.OutOfMemoryError("CUDA out of memory."), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (ValueError("Expected input batch_size (2) to match target batch_size (1)"), False),
+])
+def test_out_of_memory_is_recognised_by_type_or_message(error, expected):
+    assert is_out_of_memory(error) is expected
 
 
 def test_a_checkpoint_interrupted_while_saving_is_passed_over(tmp_path):
