@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.errors import CourseError
+from helpers.secrets import hide_secrets, read_secret
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -47,7 +48,7 @@ def _default_cache() -> Path:
 
 def judge_config(model: str | None = None, base_url: str | None = None) -> JudgeConfig | None:
     """The judge set up in the environment, or None when no key is set (the judge stays off)."""
-    key = os.environ.get("JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    key = read_secret("JUDGE_API_KEY") or read_secret("OPENAI_API_KEY")
     if not key:
         return None
     return JudgeConfig(
@@ -98,8 +99,8 @@ def ask_judge(
         raise CourseError(f"The judge at {url} answered HTTP {err.code}: check JUDGE_API_KEY, "
                           "JUDGE_BASE_URL and JUDGE_MODEL.") from err
     except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise CourseError(f"Cannot reach the judge at {url} ({err}): "
-                          "check JUDGE_BASE_URL and the network.") from err
+        raise CourseError(hide_secrets(f"Cannot reach the judge at {url} ({err}): "
+                                       "check JUDGE_BASE_URL and the network.")) from err
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise CourseError(f"The judge at {url} did not answer like an OpenAI-compatible endpoint.") from err
     config.cache_dir.mkdir(parents=True, exist_ok=True)

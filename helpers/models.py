@@ -44,6 +44,21 @@ def _torch_dtype(name: str | None):
     return getattr(torch, name)
 
 
+def require_safetensors(folder: Path) -> None:
+    """Refuse a checkpoint whose weights are only pickle files (``.bin``, ``.pt``): unpickling can run code.
+
+    Safetensors files hold tensors and nothing else; every model this course names ships them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in folder.glob(pattern))
+    if pickles:
+        raise CourseError(f"{folder} has only pickle weights ({pickles[0]}), which can run code when "
+                          "loaded: use a checkpoint with .safetensors files, or convert this one with "
+                          "save_pretrained.")
+
+
 def load_text_model(
     model: str | Profile = "embedded",
     *,
@@ -65,6 +80,7 @@ def load_text_model(
         load_in_4bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
         dtype = dtype or profile.dtype
     resolved = resolve_model(model, source=source)
+    require_safetensors(resolved.path)
     chosen = pick_backend(backend)
     if chosen == "unsloth":
         try:

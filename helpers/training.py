@@ -18,6 +18,7 @@ from pathlib import Path
 
 from helpers.errors import CourseError, OutOfMemory, free_gpu_memory, is_out_of_memory
 from helpers.runs import write_json
+from helpers.secrets import read_secret
 
 # --- think blocks -----------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ TRACKING = ("auto", "cloud", "local", "none")
 
 def swanlab_key_saved() -> bool:
     """Whether SwanLab has an API key: in the environment or saved by ``swanlab login``."""
-    if os.environ.get("SWANLAB_API_KEY"):
+    if read_secret("SWANLAB_API_KEY"):
         return True
     homes = [Path.cwd() / ".swanlab", Path(os.environ.get("SWANLAB_ROOT", Path.home() / ".swanlab"))]
     return any((home / ".netrc").is_file() for home in homes)

@@ -18,7 +18,7 @@ from pathlib import Path
 from helpers.datasets import vl_messages
 from helpers.errors import CourseError
 from helpers.hub import cache_dir, embedded_model_dir, resolve_model
-from helpers.models import _torch_dtype, pick_backend
+from helpers.models import _torch_dtype, pick_backend, require_safetensors
 from helpers.profiles import PROFILES, TINY_VL_MODEL, Profile
 
 # The special tokens Qwen-VL models use to place an image (or video) inside the text.
@@ -263,6 +263,7 @@ def load_vl_model(model: str | Profile = TINY_VL_MODEL, *, load_in_4bit: bool | 
         load_in_4bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
         dtype = dtype or profile.dtype
     folder = _resolve_vl_folder(model, source)
+    require_safetensors(folder)
     chosen = pick_backend(backend)
     if chosen == "unsloth":
         try:

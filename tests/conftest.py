@@ -22,6 +22,11 @@ def embedded():
     return load_text_model("embedded")
 
 
+# Set while the course runs, so that a test can check that no key ends up in any output.
+FAKE_KEYS = {"SWANLAB_API_KEY": "swanlab-fake-key-3f9a2c7e", "JUDGE_API_KEY": "sk-fake-judge-key-81d4b6",
+             "HF_TOKEN": "hf_fakeTokenForTheCourseTests42"}
+
+
 @dataclass
 class CourseRun:
     """The outputs of ``python -m helpers.course run --profile cpu``, run once per test session."""
@@ -45,7 +50,7 @@ def cpu_course(tmp_path_factory) -> CourseRun:
     if reuse:
         return CourseRun(Path(reuse).resolve() / "cpu", 0, f"reused the run in {reuse}")
     outputs = tmp_path_factory.mktemp("course-outputs")
-    env = {**os.environ, "COURSE_OUTPUTS": str(outputs)}
+    env = {**os.environ, "COURSE_OUTPUTS": str(outputs), **FAKE_KEYS}
     done = subprocess.run([sys.executable, "-m", "helpers.course", "run", "--profile", "cpu"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     return CourseRun(outputs / "cpu", done.returncode, done.stdout[-4000:] + done.stderr[-4000:])

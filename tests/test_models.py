@@ -107,3 +107,14 @@ def test_loading_a_missing_adapter_names_the_notebook(embedded, tmp_path):
     model, _ = embedded
     with pytest.raises(CourseError, match="run 03_sft_llm.ipynb first"):
         load_adapter(model, tmp_path / "sft-adapter", made_by="03_sft_llm.ipynb")
+
+
+def test_pickle_only_weights_are_refused_in_one_sentence(tmp_path):
+    from helpers.models import require_safetensors
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle")
+    with pytest.raises(CourseError, match=r"only pickle weights \(pytorch_model.bin\), which can run code"):
+        load_text_model(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    require_safetensors(tmp_path)  # with safetensors beside it, the .bin is never read
