@@ -34,6 +34,7 @@ class CourseRun:
     run: Path  # the run dir, outputs/cpu
     returncode: int
     log: str
+    repo_changes: list[str]  # what the run changed in the repository itself (git status): nothing, we hope
 
     def metrics(self, notebook: str) -> dict:
         return json.loads((self.run / "metrics" / f"{notebook}.json").read_text())["metrics"]
@@ -48,9 +49,18 @@ def cpu_course(tmp_path_factory) -> CourseRun:
     """
     reuse = os.environ.get("COURSE_TEST_OUTPUTS")
     if reuse:
-        return CourseRun(Path(reuse).resolve() / "cpu", 0, f"reused the run in {reuse}")
+        return CourseRun(Path(reuse).resolve() / "cpu", 0, f"reused the run in {reuse}", [])
     outputs = tmp_path_factory.mktemp("course-outputs")
     env = {**os.environ, "COURSE_OUTPUTS": str(outputs), **FAKE_KEYS}
+    before = _git_status()
     done = subprocess.run([sys.executable, "-m", "helpers.course", "run", "--profile", "cpu"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
-    return CourseRun(outputs / "cpu", done.returncode, done.stdout[-4000:] + done.stderr[-4000:])
+    changes = sorted(set(_git_status()) - set(before))
+    return CourseRun(outputs / "cpu", done.returncode, done.stdout[-4000:] + done.stderr[-4000:], changes)
+
+
+def _git_status() -> list[str]:
+    """Files git sees as new or changed (ignored ones, like outputs/ and caches, are not listed)."""
+    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                          capture_output=True, text=True)
+    return done.stdout.splitlines() if done.returncode == 0 else []

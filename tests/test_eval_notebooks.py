@@ -55,11 +55,13 @@ def test_01_02_04_score_the_sft_adapter_before_and_after(cpu_course, outputs):
     assert data["mcq_zh"] == data["mcq_en"] == 8 and data["open_items"] == 4
     before = cpu_course.metrics("02_eval_before")
     assert before["mcq_n"] == 16 and 0 <= before["mcq_lo"] <= before["mcq_acc"] <= before["mcq_hi"] <= 1
+    assert before["redteam_n"] == 16 and 0 <= before["redteam_safe"] <= 1  # every red-team prompt asked
     after = cpu_course.metrics("04_eval_after")
     assert after["mcq_acc_base"] == before["mcq_acc"]  # the base is not scored again, it is read back
     correct = {label: round(after[f"mcq_acc_{label}"] * 16) for label in ("base", "sft")}
     assert correct["sft"] - correct["base"] == after["fixed_sft"] - after["broken_sft"]
     assert 0 < after["mcnemar_p_sft"] <= 1
+    assert after["redteam_safe_base"] == before["redteam_safe"] and 0 <= after["redteam_safe_sft"] <= 1
     run = cpu_course.run
     base, sft = _records(run / "eval" / "base" / "mcq.jsonl"), _records(run / "eval" / "sft" / "mcq.jsonl")
     assert base.keys() == sft.keys() and all(base[i]["prompt"] == sft[i]["prompt"] for i in base)

@@ -122,3 +122,41 @@ def test_score_policy_scores_greedy_completions_with_every_reward(embedded):
     # 8 new tokens of a question that needs more: cut off at the limit.
     assert means["length_reward"] == -1.0
     assert means["total"] == pytest.approx(0.5 * means["format_reward"] - 0.5)
+
+
+def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from helpers import training
+
+    class StopAt(TrainerCallback):
+        def __init__(self, step: int | None):
+            self.step, self.steps = step, 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+            if state.global_step == self.step:
+                raise KeyboardInterrupt  # the kernel dies mid-run
+
+    def trainer(callback) -> GRPOTrainer:  # what rerunning 06 builds: a fresh policy and trainer
+        model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+        rows = [{"prompt": PROMPT, "answer": "Naloxone", "choices": "", "question": "Which drug?"}] * 4
+        args = GRPOConfig(output_dir=str(tmp_path / "grpo-checkpoints"), max_steps=4,
+                          per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
+                          bf16=False, gradient_checkpointing=False, logging_steps=1, save_steps=2,
+                          report_to="none", seed=0)
+        return GRPOTrainer(model=model, args=args, reward_funcs=[rewards.format_reward],
+                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                           callbacks=[callback])
+
+    first = StopAt(3)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(trainer(first), knobs=training.GRPO_KNOBS)
+    assert first.steps == 3 and training.last_checkpoint(tmp_path / "grpo-checkpoints").name == "checkpoint-2"
+    second = StopAt(None)
+    resumed = trainer(second)
+    training.train(resumed, knobs=training.GRPO_KNOBS)
+    assert "Resuming from checkpoint-2 (step 2 of 4)." in capsys.readouterr().out
+    assert second.steps == 2 and resumed.state.global_step == 4

@@ -50,3 +50,4 @@ def test_the_whole_course_runs_in_the_cpu_profile(cpu_course):
     env_metrics = cpu_course.metrics("00_env_setup")
     assert env_metrics["profile"] == "cpu" and env_metrics["backend"] == "transformers"
     assert env_metrics["smoke_tokens_per_s"] > 0
+    assert cpu_course.repo_changes == []  # everything went to the run dir: the repository is as it was

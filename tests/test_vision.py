@@ -170,3 +170,47 @@ def test_score_captions_averages_over_pairs_and_skips_references_without_terms()
     scores = vision.score_captions(["axial ct", "hello"], ["axial ct", "nothing to see"])
     assert scores["rouge_l"] == pytest.approx(0.5)
     assert scores["keyword_recall"] == 1.0
+
+
+def test_an_interrupted_vl_run_resumes_from_its_last_checkpoint(tiny, tmp_path, capsys):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from helpers import training
+
+    class StopAt(TrainerCallback):
+        def __init__(self, step: int | None):
+            self.step, self.steps = step, 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+            if state.global_step == self.step:
+                raise KeyboardInterrupt  # the kernel dies mid-run
+
+    folder, _ = tiny
+    pairs = [example(f"Axial CT number {i} of the chest.", shade=40 * i) for i in range(4)]
+    settings = {"model": str(folder), "data": [p["messages"][-1]["content"][0]["text"] for p in pairs],
+                "args": [4, 1e-3, 2]}  # what 05 puts in its settings: model, data, steps, rate, batch
+
+    def trainer(callback) -> SFTTrainer:  # what rerunning 05 builds: a fresh model and trainer
+        model, processor = vision.load_vl_model(str(folder), backend="transformers")
+        model = vision.add_vl_lora(model, r=4, alpha=8, gradient_checkpointing=False)
+        args = SFTConfig(output_dir=str(tmp_path / "vl-checkpoints"), max_steps=4,
+                         per_device_train_batch_size=2, learning_rate=1e-3, save_steps=2, logging_steps=1,
+                         bf16=False, report_to="none",
+                         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
+                         max_length=None, dataloader_pin_memory=False, seed=0)
+        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
+                          data_collator=vision.ReportCollator(processor), processing_class=processor,
+                          callbacks=[callback])
+
+    first = StopAt(3)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(trainer(first), settings=settings, knobs=training.VL_KNOBS)
+    assert first.steps == 3 and training.last_checkpoint(tmp_path / "vl-checkpoints").name == "checkpoint-2"
+    second = StopAt(None)
+    resumed = trainer(second)
+    training.train(resumed, settings=settings, knobs=training.VL_KNOBS)
+    assert "Resuming from checkpoint-2 (step 2 of 4)." in capsys.readouterr().out
+    assert second.steps == 2 and resumed.state.global_step == 4
