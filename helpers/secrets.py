@@ -13,8 +13,8 @@ import os
 import sys
 
 KEYS = {
-    "SWANLAB_API_KEY": "SwanLab experiment tracking in 03, 05 and 06",
-    "JUDGE_API_KEY": "the LLM judge of 02, 04 and 06 (with JUDGE_BASE_URL and JUDGE_MODEL)",
+    "SWANLAB_API_KEY": "SwanLab experiment tracking in 03 and 05",
+    "JUDGE_API_KEY": "the LLM judge of 02, 04 and 06; JUDGE_BASE_URL and JUDGE_MODEL say which",
     "HF_TOKEN": "gated models and datasets on Hugging Face",
 }
 
