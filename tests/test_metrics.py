@@ -15,6 +15,7 @@ from helpers.metrics import (
     mcnemar_p,
     mean_interval,
     rouge_l,
+    rouge_language,
     score_mcq,
     score_open,
     split_think,
@@ -170,7 +171,15 @@ def test_rouge_l_is_character_level_for_chinese_and_word_level_for_english():
 def test_rouge_l_never_raises_stays_in_range_and_is_symmetric(a, b, language):
     score = rouge_l(a, b, language)
     assert 0.0 <= score <= 1.0
-    assert score == pytest.approx(rouge_l(b, a, language))
+    # Without a language the reference's decides how to split both texts (words or characters), so
+    # the score is symmetric once the language is fixed.
+    fixed = language or rouge_language(b)
+    assert score == rouge_l(a, b, fixed) == pytest.approx(rouge_l(b, a, fixed))
+
+
+def test_without_a_language_the_reference_decides_how_to_split():
+    assert rouge_l("0", "0一") == pytest.approx(2 / 3)  # a Chinese reference: characters
+    assert rouge_l("0一", "0") == 0.0  # an English reference: "0一" is one word, not "0"
 
 
 def test_mcnemar_and_mean_interval():
