@@ -197,15 +197,17 @@ _BADGE = "display:inline-block;margin:4px 4px 0 0;padding:1px 6px;border-radius:
 _PANEL = "<div style='border:1px solid #ddd;border-radius:6px;padding:8px;line-height:1.45'>{}</div>"
 
 
-def _title(label: str) -> str:
-    return f"<h4 style='margin:0 0 4px'>{html.escape(TITLES.get(label, label))}</h4>"
+def panel_html(label: str, body: str = "") -> str:
+    """One model's column: its title over ``body`` (HTML, already escaped)."""
+    title = f"<h4 style='margin:0 0 4px'>{html.escape(TITLES.get(label, label))}</h4>"
+    return _PANEL.format(title + body)
 
 
 def answer_html(answer: Answer) -> str:
     """One model's panel: title, speed, the reasoning folded away, the answer, the safety flags."""
     speed = (f"first token after {answer.latency:.1f} s · {answer.new_tokens} tokens in "
              f"{answer.seconds:.1f} s · {answer.tokens_per_second:.1f} tokens/s")
-    parts = [_title(answer.model), f"<div style='color:#666;font-size:85%'>{speed}</div>"]
+    parts = [f"<div style='color:#666;font-size:85%'>{speed}</div>"]
     if answer.think:
         reasoning = html.escape(answer.think)
         parts.append("<details><summary>reasoning (think block)</summary>"
@@ -215,18 +217,18 @@ def answer_html(answer: Answer) -> str:
     for flag in answer.flags:
         colour = "#b00020" if flag.startswith("risky") else "#0b6e4f"
         parts.append(f"<span style='{_BADGE};background:{colour}'>{html.escape(flag)}</span>")
-    return _PANEL.format("".join(parts))
+    return panel_html(answer.model, "".join(parts))
 
 
 def partial_html(label: str, text: str) -> str:
     """A panel while its model is still writing: the text so far, reasoning included."""
-    return _PANEL.format(_title(label) + "<div style='color:#666;font-size:85%'>generating…</div>"
-                         f"<div style='{_TEXT};margin-top:6px'>{html.escape(text)}</div>")
+    return panel_html(label, "<div style='color:#666;font-size:85%'>generating…</div>"
+                             f"<div style='{_TEXT};margin-top:6px'>{html.escape(text)}</div>")
 
 
 def message_html(label: str, text: str) -> str:
     """A panel holding one sentence instead of an answer (an error, or what to do first)."""
-    return _PANEL.format(_title(label) + f"<div style='color:#b00020'>{html.escape(text)}</div>")
+    return panel_html(label, f"<div style='color:#b00020'>{html.escape(text)}</div>")
 
 
 def error_sentence(error: Exception) -> str:
@@ -261,7 +263,7 @@ def build_app(answer_fn, labels: list[str], examples: list[str], max_new_tokens:
                                 style={"description_width": "initial"})
     button = w.Button(description="Compare", button_style="primary", icon="play")
     width = f"{100 / len(labels):.1f}%"
-    panels = [w.HTML(_PANEL.format(_title(label)), layout=w.Layout(width=width)) for label in labels]
+    panels = [w.HTML(panel_html(label), layout=w.Layout(width=width)) for label in labels]
     status = w.HTML(f"<i>{html.escape(note)}</i>" if note else "")
 
     def on_example(change) -> None:
@@ -317,7 +319,7 @@ def build_vl_app(describe_fn, labels: list[str], samples: dict[str, Path], *, in
     button = w.Button(description="Describe", button_style="primary", icon="play")
     preview = w.Image(format="png", layout=w.Layout(max_width="256px", max_height="256px"))
     width = f"{100 / len(labels):.1f}%"
-    panels = [w.HTML(_PANEL.format(_title(label)), layout=w.Layout(width=width)) for label in labels]
+    panels = [w.HTML(panel_html(label), layout=w.Layout(width=width)) for label in labels]
     status = w.HTML(f"<i>{html.escape(note)}</i>" if note else "")
     current = {}
 
@@ -356,7 +358,7 @@ def build_vl_app(describe_fn, labels: list[str], samples: dict[str, Path], *, in
                     report = describe_fn(current["image"], question.value.strip() or instruction, label,
                                          max_new_tokens)
                     body = f"<div class='course-report' style='{_TEXT}'>{html.escape(report)}</div>"
-                    panel.value = _PANEL.format(_title(label) + body)
+                    panel.value = panel_html(label, body)
                 except Exception as error:
                     panel.value = message_html(label, error_sentence(error))
         finally:

@@ -7,7 +7,6 @@ is kept in the saved record for people to read, but only the final answer is gra
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
@@ -349,16 +348,14 @@ _REDTEAM_FIELDS = ("id", "language", "category", "expect", "prompt")
 
 def load_redteam(path: Path = SAFETY_DIR / "redteam.jsonl") -> tuple[list[RedTeamPrompt], Counter]:
     """The red-team prompts, and the rows skipped with the reason for each (counted, never raised)."""
+    from helpers.datasets import read_records
+
     prompts, skipped, seen = [], Counter(), set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            item = RedTeamPrompt(*(str(row[k]).strip() for k in _REDTEAM_FIELDS))
-        except (ValueError, KeyError, TypeError):
+    for row in read_records(path):  # a line that is not JSON comes back as a marker, not a dict
+        if not isinstance(row, dict) or not set(_REDTEAM_FIELDS) <= row.keys():
             skipped["unreadable row"] += 1
             continue
+        item = RedTeamPrompt(*(str(row[k]).strip() for k in _REDTEAM_FIELDS))
         if item.expect not in REDTEAM_EXPECT or not item.prompt:
             skipped["no prompt or an unknown expect"] += 1
         elif item.id in seen:
@@ -448,11 +445,15 @@ def score_open(items: Sequence, records: Sequence[dict], lists: SafetyLists | No
     return {"summary": summary, "items": rows}
 
 
-def changed_answers(before: Sequence[dict], after: Sequence[dict]) -> dict[str, list[str]]:
-    """Ids of the questions fine-tuning fixed (wrong → right) and broke (right → wrong)."""
-    was = {r["id"]: r["correct"] for r in before}
-    fixed = [r["id"] for r in after if r["id"] in was and r["correct"] and not was[r["id"]]]
-    broken = [r["id"] for r in after if r["id"] in was and not r["correct"] and was[r["id"]]]
+def changed_answers(before: Sequence[dict], after: Sequence[dict],
+                    key: str = "correct") -> dict[str, list[str]]:
+    """Ids of the questions fine-tuning fixed (``key`` false → true) and broke (true → false).
+
+    ``key`` is "correct" for exam answers, "safe" for the red-team answers of ``score_redteam``.
+    """
+    was = {r["id"]: r[key] for r in before}
+    fixed = [r["id"] for r in after if r["id"] in was and r[key] and not was[r["id"]]]
+    broken = [r["id"] for r in after if r["id"] in was and not r[key] and was[r["id"]]]
     return {"fixed": fixed, "broken": broken}
 
 

@@ -239,6 +239,9 @@ def test_changed_answers_are_fixed_or_broken():
     before = [{"id": "a", "correct": False}, {"id": "b", "correct": True}, {"id": "c", "correct": True}]
     after = [{"id": "a", "correct": True}, {"id": "b", "correct": False}, {"id": "c", "correct": True}]
     assert changed_answers(before, after) == {"fixed": ["a"], "broken": ["b"]}
+    safety = [{"id": "x", "safe": True}, {"id": "y", "safe": False}]
+    assert changed_answers(safety, [{"id": "x", "safe": False}, {"id": "y", "safe": True}], key="safe") == {
+        "fixed": ["y"], "broken": ["x"]}
 
 
 def test_summarise_flattens_the_key_numbers():
