@@ -1,28 +1,18 @@
 """benchmarks/generation.py on the cpu profile's model: it measures, and batching changes no answer."""
 
-import importlib.util
-from pathlib import Path
+from conftest import load_benchmark
 
 from helpers.hub import embedded_model_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("generation_bench", ROOT / "benchmarks" / "generation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_the_prompts_are_the_course_exam_questions_in_both_languages():
-    prompts = load_benchmark().exam_prompts(6)
+    prompts = load_benchmark("generation").exam_prompts(6)
     assert len(prompts) == 6 and len(set(prompts)) == 6
     assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in p) for p in prompts) == 3  # zh and en alternate
 
 
 def test_batched_and_one_at_a_time_give_the_same_greedy_answers():
-    bench = load_benchmark()
+    bench = load_benchmark("generation")
     result = bench.measure(str(embedded_model_dir()), bench.exam_prompts(4), batch=4, max_new_tokens=8)
     assert result["same_answers"] == 1.0  # left padding and the attention mask keep rows apart
     assert result["batched_tokens"] == result["single_tokens"] > 0

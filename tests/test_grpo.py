@@ -125,20 +125,11 @@ def test_score_policy_scores_greedy_completions_with_every_reward(embedded):
 
 
 def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
+    from callbacks import StepCounter
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from helpers import training
-
-    class StopAt(TrainerCallback):
-        def __init__(self, step: int | None):
-            self.step, self.steps = step, 0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps += 1
-            if state.global_step == self.step:
-                raise KeyboardInterrupt  # the kernel dies mid-run
 
     def trainer(callback) -> GRPOTrainer:  # what rerunning 06 builds: a fresh policy and trainer
         model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
@@ -151,11 +142,11 @@ def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, caps
                            train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                            callbacks=[callback])
 
-    first = StopAt(3)
+    first = StepCounter(stop_at=3)
     with pytest.raises(KeyboardInterrupt):
         training.train(trainer(first), knobs=training.GRPO_KNOBS)
     assert first.steps == 3 and training.last_checkpoint(tmp_path / "grpo-checkpoints").name == "checkpoint-2"
-    second = StopAt(None)
+    second = StepCounter()
     resumed = trainer(second)
     training.train(resumed, knobs=training.GRPO_KNOBS)
     assert "Resuming from checkpoint-2 (step 2 of 4)." in capsys.readouterr().out

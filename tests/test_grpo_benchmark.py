@@ -1,21 +1,14 @@
 """The GRPO benchmark script's CPU path: the same code the GPU run takes, minus CUDA and unsloth."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
 from helpers.profiles import PROFILES
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "grpo_step.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("grpo_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("grpo_step")
 
 
 def test_a_setting_is_the_profile_grpo_shape(bench):

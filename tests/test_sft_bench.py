@@ -1,6 +1,5 @@
 """benchmarks/sft_step.py, checked on the CPU with a tiny Qwen3 (the GPU run measures the real shape)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,19 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
 from helpers.hub import embedded_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "sft_step.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("sft_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +30,14 @@ def tiny_qwen3(tmp_path_factory) -> Path:
 
 
 def test_the_plans_follow_the_profiles():
-    bench = load_script()
+    bench = load_benchmark("sft_step")
     assert bench.setting_plan("t4") == dict(full=False, load_in_4bit=True, dtype="float16", seq=2048, r=16,
                                             alpha=16, batch=2, accum=4)
     assert bench.setting_plan("80gb-full")["full"] and not bench.setting_plan("80gb-full")["load_in_4bit"]
 
 
 def test_one_measurement_runs_the_notebooks_trainer(tiny_qwen3):
-    result = load_script().measure(str(tiny_qwen3), "transformers", "24gb", steps=2, warmup=1,
+    result = load_benchmark("sft_step").measure(str(tiny_qwen3), "transformers", "24gb", steps=2, warmup=1,
                                    padding_free=None)
     assert result["backend"] == "transformers" and result["padding_free"] is False
     assert result["tokens_per_s"] > 0 and 0 <= result["padding_share"] < 1
@@ -53,7 +46,7 @@ def test_one_measurement_runs_the_notebooks_trainer(tiny_qwen3):
 
 
 def test_padding_free_batches_carry_no_padding(tiny_qwen3):
-    result = load_script().measure(str(tiny_qwen3), "transformers", "t4", steps=1, warmup=1,
+    result = load_benchmark("sft_step").measure(str(tiny_qwen3), "transformers", "t4", steps=1, warmup=1,
                                    padding_free=True)
     assert result["padding_free"] is True and result["padding_share"] == 0
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from callbacks import StepCounter
 from datasets import Dataset
 from hypothesis import given
 from hypothesis import strategies as st
@@ -57,18 +58,6 @@ def make_trainer(folder: Path, output_dir: Path, lr: float = 1e-3, steps: int = 
                      optim="adamw_torch", disable_tqdm=True, seed=0)
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows_for(tokenizer)),
                       processing_class=tokenizer, callbacks=list(callbacks))
-
-
-class StepCounter(TrainerCallback):
-    """Counts the optimizer steps actually run in this call to train()."""
-
-    def __init__(self, stop_at: int | None = None):
-        self.steps, self.stop_at = 0, stop_at
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.steps += 1
-        if state.global_step == self.stop_at:
-            raise KeyboardInterrupt  # the learner's kernel dies (or Colab disconnects) mid-run
 
 
 # --- think blocks ---------------------------------------------------------------------------

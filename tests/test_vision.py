@@ -173,20 +173,11 @@ def test_score_captions_averages_over_pairs_and_skips_references_without_terms()
 
 
 def test_an_interrupted_vl_run_resumes_from_its_last_checkpoint(tiny, tmp_path, capsys):
+    from callbacks import StepCounter
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from helpers import training
-
-    class StopAt(TrainerCallback):
-        def __init__(self, step: int | None):
-            self.step, self.steps = step, 0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps += 1
-            if state.global_step == self.step:
-                raise KeyboardInterrupt  # the kernel dies mid-run
 
     folder, _ = tiny
     pairs = [example(f"Axial CT number {i} of the chest.", shade=40 * i) for i in range(4)]
@@ -205,11 +196,11 @@ def test_an_interrupted_vl_run_resumes_from_its_last_checkpoint(tiny, tmp_path, 
                           data_collator=vision.ReportCollator(processor), processing_class=processor,
                           callbacks=[callback])
 
-    first = StopAt(3)
+    first = StepCounter(stop_at=3)
     with pytest.raises(KeyboardInterrupt):
         training.train(trainer(first), settings=settings, knobs=training.VL_KNOBS)
     assert first.steps == 3 and training.last_checkpoint(tmp_path / "vl-checkpoints").name == "checkpoint-2"
-    second = StopAt(None)
+    second = StepCounter()
     resumed = trainer(second)
     training.train(resumed, settings=settings, knobs=training.VL_KNOBS)
     assert "Resuming from checkpoint-2 (step 2 of 4)." in capsys.readouterr().out

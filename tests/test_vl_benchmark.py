@@ -1,22 +1,12 @@
 """The parts of benchmarks/vl_step.py that need no GPU: the real Qwen3-VL shapes and one measurement."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from helpers import vision
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("vl_step", ROOT / "benchmarks" / "vl_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("model_id", "billions"), [("Qwen/Qwen3-VL-2B-Instruct", 2.13),
@@ -36,7 +26,7 @@ def test_the_published_shapes_have_the_published_sizes(model_id, billions):
 
 
 def test_one_measurement_runs_on_the_cpu_with_the_tiny_model():
-    bench = load_benchmark()
+    bench = load_benchmark("vl_step")
     folder = str(vision.make_tiny_vl_model())
     result = bench.measure(folder, "transformers", "t4", steps=1, max_pixels=128 * 128)
     assert result["backend"] == result["requested"] == "transformers"
