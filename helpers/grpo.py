@@ -26,7 +26,7 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: int):
+def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: int, backend: str):
     if fast_generation:
         try:
             from unsloth import FastLanguageModel
@@ -45,20 +45,20 @@ def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: i
         except Exception as err:  # vLLM and unsloth versions must agree; plain generation still works
             print(f"vLLM generation is not available ({type(err).__name__}: {err}); "
                   "generating with the model itself.")
-    if model_id:
-        return load_text_model(model_id, max_seq_length=profile.max_seq_length,
-                               load_in_4bit=profile.load_in_4bit, dtype=profile.dtype)
-    return load_text_model(profile)
+    return load_text_model(model_id or profile.text_model, max_seq_length=profile.max_seq_length,
+                           load_in_4bit=profile.load_in_4bit, dtype=profile.dtype, backend=backend)
 
 
 def load_policy(profile: Profile, run: Path, *, model_id: str = "", lora_r: int = 16, lora_alpha: int = 16,
-                from_sft: bool = True, fast_generation: bool = False, gradient_checkpointing: bool = True):
+                from_sft: bool = True, fast_generation: bool = False, gradient_checkpointing: bool = True,
+                backend: str = "auto"):
     """(model with LoRA adapters, tokenizer, where it started): the SFT adapter of 03 when the run has
     one (and ``from_sft``), else fresh adapters on the base model.
 
     The SFT adapter is loaded *trainable*, with its own rank and targets, so GRPO continues from it.
     """
-    model, tokenizer = _load_base(profile, model_id, fast_generation, lora_r)  # first: unsloth before peft
+    # first the base model: unsloth must be imported before peft
+    model, tokenizer = _load_base(profile, model_id, fast_generation, lora_r, backend)
     from peft.utils import set_peft_model_state_dict
 
     sft = run / SFT_ADAPTER
@@ -114,7 +114,7 @@ def watch_training(trainer, sample_every: int, group_size: int):
             self.rows: list[dict] = []
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "reward" in logs:
+            if logs and "reward" in logs and state.is_world_process_zero:  # one line, not one per process
                 print(format_step(state.global_step, state.max_steps, logs), flush=True)
 
         def on_step_end(self, args, state, control, **kwargs):

@@ -122,8 +122,8 @@ def _load_with_transformers(path: Path, load_in_4bit: bool, dtype: str | None):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"],
         )
-    if cuda:
-        kwargs["device_map"] = {"": 0}
+    if cuda:  # each training process (accelerate launch, torchrun) on its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model, AutoTokenizer.from_pretrained(path)
 

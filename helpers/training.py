@@ -191,15 +191,21 @@ def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = F
     retries from the last checkpoint with half the batch and twice the accumulation, down to batch 1.
     """
     start = _trainable_weights(trainer.model) if halve_batch_on_oom else None
+    accelerator = trainer.accelerator  # with several processes, one cleans the folder while the rest wait
     while True:
-        checkpoint = resume_point(Path(trainer.args.output_dir), settings or training_settings(trainer))
+        folder = Path(trainer.args.output_dir)
+        if accelerator.is_main_process:
+            resume_point(folder, settings or training_settings(trainer))
+        accelerator.wait_for_everyone()
+        checkpoint = last_checkpoint(folder)
         if checkpoint is None and start is not None:
             _restore_weights(trainer.model, start)  # a retry before the first checkpoint starts afresh
-        if checkpoint is None:
-            print(f"Training from the start: {trainer.args.max_steps} steps.")
-        else:
-            step = checkpoint_step(checkpoint)
-            print(f"Resuming from {checkpoint.name} (step {step} of {trainer.args.max_steps}).")
+        if accelerator.is_main_process:
+            print(f"Training from the start: {trainer.args.max_steps} steps." if checkpoint is None else
+                  f"Resuming from {checkpoint.name} (step {checkpoint_step(checkpoint)} of "
+                  f"{trainer.args.max_steps}).")
+        if checkpoint is not None and checkpoint_step(checkpoint) >= trainer.args.max_steps:
+            return _load_finished(trainer, checkpoint)
         try:
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as error:
@@ -214,6 +220,20 @@ def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = F
                   f"{trainer.args.per_device_train_batch_size} and gradient accumulation "
                   f"{trainer.args.gradient_accumulation_steps} ({effective_batch(trainer.args)} rows per "
                   "step, as before).")
+
+
+def _load_finished(trainer, checkpoint: Path):
+    """The weights and log history of a run that already reached its last step, with no step trained.
+
+    ``trainer.train`` would resume there too, but when the step count is not a whole number of
+    epochs it trains one step past the end (transformers 5.17), which changes the result of a rerun."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))  # the same loader trainer.train uses to resume
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
 
 def fp32_adapters_for_fp16(trainer) -> int:

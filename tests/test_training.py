@@ -140,17 +140,21 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path,
     assert again.steps == 0 and "Resuming from checkpoint-4" in capsys.readouterr().out
 
 
-def test_resuming_restores_the_trained_adapter(tiny_dir, tmp_path):
+@pytest.mark.parametrize("steps", [4, 5])  # 5 is not a whole number of epochs of the three batches
+def test_rerunning_a_finished_run_restores_the_trained_adapter_and_trains_nothing(tiny_dir, tmp_path, steps):
     folder = tmp_path / "ck"
-    first = make_trainer(tiny_dir, folder)
+    first = make_trainer(tiny_dir, folder, steps=steps)
     training.train(first)
     trained = {k: v.clone() for k, v in first.model.state_dict().items() if "lora_B" in k}
     assert any(v.abs().sum() > 0 for v in trained.values())  # lora_B starts at zero: it did train
-    second = make_trainer(tiny_dir, folder)
+    counter = StepCounter()
+    second = make_trainer(tiny_dir, folder, steps=steps, callbacks=[counter])
     training.train(second)  # resumes at the last step, loading the checkpoint's adapter
+    assert counter.steps == 0 and second.state.global_step == steps
+    assert training.loss_curve(second.state.log_history) == training.loss_curve(first.state.log_history)
     for name, value in second.model.state_dict().items():
         if "lora_B" in name:
-            assert torch.allclose(value, trained[name])
+            assert torch.equal(value, trained[name])
 
 
 def test_changed_settings_start_over(tiny_dir, tmp_path, capsys):

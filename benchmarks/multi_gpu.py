@@ -1,0 +1,133 @@
+"""SFT on one GPU and on several: `python -m helpers.train sft` (03's training), tokens/s and loss curves.
+
+Both runs train the same number of optimizer steps on the same global batch: one process with
+``--grad-accum A``, and N processes (``accelerate launch``, DDP) with ``A / N`` each, so every step
+sees as many rows either way and the loss curves can be laid over each other. Tokens/s counts the
+trained (non-padding) tokens of all processes, from the first logged step to the last (the first
+step's warm-up left out). The scaling ratio is N-process tokens/s over one-process tokens/s.
+
+    python benchmarks/multi_gpu.py --random Qwen/Qwen3-1.7B --tokenizer .bench/tokenizer \\
+        --profile 80gb --processes 2 --steps 16 --batch-size 8 --grad-accum 8 --out OUT
+
+Writes OUT/multi_gpu.json, OUT/multi_gpu.md and OUT/multi_gpu.png (the two loss curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_training(processes: int, args: argparse.Namespace, model: str, out: Path) -> dict:
+    """One `helpers.train sft` run with ``processes`` processes; its metrics file, plus the wall time."""
+    accum = args.grad_accum // processes
+    run_name = f"multi-gpu-{processes}"
+    train = ["-m", "helpers.train", "sft", "--profile", args.profile, "--model", model,
+             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum", str(accum),
+             "--backend", "transformers", "--tracking", "none", "--run-name", run_name]
+    if processes == 1:
+        command = [sys.executable, *train]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", *train]
+    env = {**os.environ, "COURSE_OUTPUTS": str(out / "runs")}
+    if processes == 1:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {processes}-process run failed (exit {done.returncode})")
+    metrics = json.loads((out / "runs" / run_name / "metrics" / "train_sft.json").read_text(encoding="utf-8"))
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    metrics["command"] = " ".join(command)
+    return metrics
+
+
+def compare(one: dict, many: dict) -> dict:
+    """The scaling ratio and how far apart the two loss curves are."""
+    a, b = dict(map(tuple, one["loss_curve"])), dict(map(tuple, many["loss_curve"]))
+    shared = sorted(set(a) & set(b))
+    gaps = [abs(a[s] - b[s]) / max(abs(a[s]), 1e-9) for s in shared]
+    return {"scaling": many["tokens_per_second"] / one["tokens_per_second"],
+            "steps_compared": len(shared), "loss_gap_mean": sum(gaps) / len(gaps),
+            "loss_gap_max": max(gaps), "loss_last": (a[shared[-1]], b[shared[-1]])}
+
+
+def write_report(out: Path, one: dict, many: dict, summary: dict, args: argparse.Namespace) -> None:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    n = many["processes"]
+    data = {"gpu": gpu, "torch": torch.__version__, "argv": sys.argv, "one": one, "many": many, **summary}
+    (out / "multi_gpu.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    rows = [f"| 1 | {args.batch_size} × {args.grad_accum} | {one['tokens_per_second']:,.0f} | "
+            f"{one['train_seconds']} | {one['loss_curve'][-1][1]:.3f} |",
+            f"| {n} | {args.batch_size} × {args.grad_accum // n} × {n} | {many['tokens_per_second']:,.0f} | "
+            f"{many['train_seconds']} | {many['loss_curve'][-1][1]:.3f} |"]
+    (out / "multi_gpu.md").write_text("\n".join([
+        f"{gpu} · {args.steps} steps of {args.batch_size * args.grad_accum} rows · profile {args.profile} · "
+        f"transformers + peft, DDP",
+        "", "| GPUs | batch × accumulation | tokens/s | train seconds | last loss |", "|---|---|---|---|---|",
+        *rows, "",
+        f"Scaling {summary['scaling']:.2f}× on {n} GPUs; the loss curves differ by "
+        f"{summary['loss_gap_mean']:.2%} on average (at most {summary['loss_gap_max']:.2%}) "
+        f"over {summary['steps_compared']} steps."]) + "\n",
+        encoding="utf-8")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, run in (("1 GPU", one), (f"{n} GPUs", many)):
+        steps, losses = zip(*run["loss_curve"], strict=True)
+        rate = f"{run['tokens_per_second']:,.0f} tok/s"
+        ax.plot(steps, losses, marker="o", markersize=3, label=f"{label}, {rate}")
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"SFT loss, 1 vs {n} GPUs (same batch)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "multi_gpu.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="a local folder or hub id to train")
+    parser.add_argument("--random", metavar="MODEL_ID", help="build a random-weight checkpoint of this shape")
+    parser.add_argument("--tokenizer", help="tokenizer folder for --random")
+    parser.add_argument("--profile", default="80gb")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--grad-accum", type=int, default=8, help="of the one-process run; divided by N")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    args = parser.parse_args()
+    if args.grad_accum % args.processes:
+        raise SystemExit("--grad-accum must be a multiple of --processes (the same global batch both ways)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if args.random:
+        sys.path.insert(0, str(ROOT))
+        from helpers.architectures import make_random_checkpoint
+
+        folder = Path("/tmp/course-random") / args.random.split("/")[-1]
+        model = str(make_random_checkpoint(args.random, folder, tokenizer_dir=args.tokenizer))
+    one = run_training(1, args, model, args.out)
+    many = run_training(args.processes, args, model, args.out)
+    summary = compare(one, many)
+    write_report(args.out, one, many, summary, args)
+    print((args.out / "multi_gpu.md").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
