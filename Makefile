@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup course test browser-test lint clean
+.PHONY: setup course test browser-test gpu-test gpu-bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ browser-test: setup
 	command -v chromium >/dev/null || apt-get install -y -q chromium
 	test -f outputs/cpu/metrics/06_grpo.json || $(PY) -m helpers.course run --profile cpu
 	COURSE_TEST_OUTPUTS=outputs $(PY) -m pytest -q -m browser
+
+# On a CUDA machine (its own torch, unsloth and bitsandbytes; no .venv): the GPU tests, and the tests
+# plus every benchmark into OUT (docs/benchmarks.md); the environment variable PYTHON picks the interpreter.
+OUT ?= outputs/gpu-bench
+gpu-test:
+	$${PYTHON:-python} -m pytest -m gpu tests/test_gpu.py -q -rs
+
+gpu-bench:
+	bash benchmarks/gpu_suite.sh $(OUT) all
 
 lint: setup
 	$(PY) -m ruff check .

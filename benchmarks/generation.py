@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import report  # noqa: E402  (after the path insert)
+
 
 def exam_prompts(n: int) -> list[str]:
     """``n`` exam questions from the course's offline samples, as 02 asks them (zh and en alternating)."""
@@ -48,12 +50,12 @@ def timed(fn) -> tuple[list, float]:
 
 
 def measure(folder: str, prompts: list[str], *, batch: int, max_new_tokens: int,
-            dtype: str | None = None) -> dict:
+            dtype: str | None = None, backend: str = "auto") -> dict:
     """Tokens/s of batched and of one-at-a-time generation on ``prompts``, and how often they agree."""
     from helpers.generation import generate_replies
     from helpers.models import load_text_model
 
-    model, tokenizer = load_text_model(folder, dtype=dtype)
+    model, tokenizer = load_text_model(folder, dtype=dtype, backend=backend)
 
     def answers(batch_size: int) -> list:
         return generate_replies(model, tokenizer, prompts, batch_size=batch_size,
@@ -100,8 +102,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="prompts per generate call, as eval_batch_size")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: the backend's)")
+    parser.add_argument("--backend", default="auto", help="auto, unsloth or transformers")
     parser.add_argument("--vllm-profile", default="80gb", help="the profile whose vLLM settings to use")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--report", help="write generation.json/.md/.png into this folder")
     args = parser.parse_args()
 
     folder, name = args.model, args.model + (" (random weights)" if args.random else "")
@@ -112,19 +116,36 @@ def main() -> None:
     elif args.random:
         from helpers.architectures import make_random_checkpoint
 
-        dest = Path(".bench") / f"random-{args.model.replace('/', '--')}"
-        folder = str(make_random_checkpoint(args.model, dest, tokenizer_dir=args.tokenizer))
+        folder = str(make_random_checkpoint(args.model, Path("/tmp/course-random") / args.model,
+                                            tokenizer_dir=args.tokenizer))
     prompts = exam_prompts(args.prompts)
-    result = measure(folder, prompts, batch=args.batch, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    result = measure(folder, prompts, batch=args.batch, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+                     backend=args.backend)
     result |= measure_vllm(folder, prompts, max_new_tokens=args.max_new_tokens,
                            profile=args.vllm_profile) or {}
-    print(f"\n| model | device | prompts × tokens | one at a time | batched ({args.batch}) | speed-up | vLLM "
-          f"| same answers |\n|---|---|---|---|---|---|---|---|\n| {name} | {result['device']} | "
-          f"{result['prompts']} × {args.max_new_tokens} | {result['single_tokens_per_s']:,} tok/s | "
-          f"{result['batched_tokens_per_s']:,} tok/s | {result['speedup']}× | "
-          f"{result.get('vllm_tokens_per_s', '–')} | {result['same_answers']:.0%} |")
+    result["name"] = name
+    print(render({"rows": [result]}, None))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.report:
+        report.write_report(args.report, "generation", [result])
+
+
+def render(result: dict, png: Path | None) -> str:
+    """The Markdown table (one row per model) and a plot of the three ways' tokens/s."""
+    rows = [[r.get("name", r["model"]), r["backend"], r["device"], f"{r['prompts']} × {r['max_new_tokens']}",
+             f"{r['single_tokens_per_s']:,} tok/s", f"{r['batched_tokens_per_s']:,} tok/s ({r['batch']})",
+             f"{r['speedup']}×", report.fmt(r.get("vllm_tokens_per_s"), ",.0f", " tok/s"),
+             f"{r['same_answers']:.0%}"] for r in result["rows"]]
+    table = report.markdown_table(["model", "backend", "device", "prompts × tokens", "one at a time",
+                                   "batched (batch)", "speed-up", "vLLM", "same answers"], rows)
+    names = [r.get("name", r["model"]) for r in result["rows"]]
+    report.bar_plot(png, "Evaluation generation: new tokens/s", names, {"tokens/s": {
+        "one at a time": [r["single_tokens_per_s"] for r in result["rows"]],
+        "batched": [r["batched_tokens_per_s"] for r in result["rows"]],
+        "vLLM": [r.get("vllm_tokens_per_s") for r in result["rows"]]}})
+    return table + ("\n\nGreedy both ways; same answers: the share of prompts whose batched answer equals "
+                    "the one-at-a-time answer.")
 
 
 if __name__ == "__main__":

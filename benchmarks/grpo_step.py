@@ -3,7 +3,8 @@
 Each measurement loads the model through `load_text_model` + `add_lora`, builds the course's GRPO
 prompts and rewards exactly as 06_grpo does, and runs one warm-up step and `--steps` timed steps of
 `GRPOTrainer` (sampling the group, scoring it, one optimizer step), in a fresh process (unsloth
-patches transformers and TRL on import). It reports seconds per step and peak GPU memory.
+patches transformers and TRL on import). It reports seconds per step, the share of it spent generating
+the answers (the trainer's generation call, timed around it), and peak GPU memory.
 
     python benchmarks/grpo_step.py --model Qwen/Qwen3-1.7B --random --tokenizer .bench \
         --settings t4,80gb --out benchmarks/results/qwen3-1.7b-grpo-h100.json
@@ -29,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.profiles import PROFILES  # noqa: E402  (after the path insert; imports no torch)
+from benchmarks import report  # noqa: E402  (after the path insert)
+from helpers.profiles import PROFILES  # noqa: E402  (imports no torch)
 
 SYSTEM = ("You are a careful medical expert. Reason step by step inside <think> </think>, "
           "then give only the final answer: a few words, or the option letter.")
@@ -46,19 +48,47 @@ def setting(name: str, generations: int | None = None, completion: int | None = 
 
 def make_tiny_checkpoint(dest: Path, tokenizer_dir: str | None) -> Path:
     """A two-layer Qwen3 with random weights: the real code path, small enough for a CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
+    from helpers.architectures import TINY_QWEN3, make_random_checkpoint
 
-    from helpers.hub import embedded_model_dir
+    return make_random_checkpoint(TINY_QWEN3, dest, dtype="float32", tokenizer_dir=tokenizer_dir)
 
-    if (dest / "config.json").is_file():
-        return dest
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
-    AutoModelForCausalLM.from_config(config).save_pretrained(dest)
-    AutoTokenizer.from_pretrained(tokenizer_dir or embedded_model_dir()).save_pretrained(dest)
-    return dest
+
+class GenerationClock:
+    """Seconds spent inside the trainer's generation call (sampling the group's answers), summed.
+
+    It wraps the trainer's generation methods (TRL's, or unsloth's rewrite of them) on the instance, so
+    the calls the trainer makes to them pass through here; a call inside another counts once.
+    """
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.seconds, self.calls, self._depth = cuda, 0.0, 0, 0
+
+    def wrap(self, trainer, name: str = "_generate") -> bool:
+        inner = getattr(trainer, name, None)
+        if inner is None:
+            return False
+
+        def timed(*args, **kwargs):
+            self._sync()
+            self._depth += 1
+            began = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self._sync()
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - began
+                    self.calls += 1
+
+        setattr(trainer, name, timed)
+        return True
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
 
 
 def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1) -> dict:
@@ -93,16 +123,19 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
 
         def __init__(self):
             self.marks: list[float] = []
+            self.generating_before = 0.0  # generation seconds before the timed steps
 
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
             if state.global_step == warmup and cuda:
                 torch.cuda.reset_peak_memory_stats()
+            if state.global_step == warmup:
+                self.generating_before = generation.seconds
             if state.global_step >= warmup:
                 self.marks.append(time.perf_counter())
 
-    timer = StepTimer()
+    timer, generation = StepTimer(), GenerationClock(cuda)
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
             output_dir=out, max_steps=warmup + steps, seed=0, report_to="none", save_strategy="no",
@@ -114,6 +147,8 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
         trainer = GRPOTrainer(model=model, args=args, reward_funcs=funcs, processing_class=tokenizer,
                               train_dataset=Dataset.from_list(rows), callbacks=[timer])
         fp32_adapters_for_fp16(trainer)  # as 06 does: fp16 (t4) needs fp32 adapters
+        for name in ("_generate", "_generate_single_turn"):  # unsloth rewrites the inner one; either counts
+            generation.wrap(trainer, name)
         trainer.train()
     times = [b - a for a, b in zip(timer.marks[:-1], timer.marks[1:], strict=True)]
     logged = [e for e in trainer.state.log_history if "completions/mean_length" in e][warmup:]
@@ -126,6 +161,9 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
         "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
         "mean_completion_tokens": mean_length,
         "generated_tokens_per_s": shape["generations"] * mean_length / seconds if seconds else None,
+        # None when the trainer never called the wrapped method (a trainer that generates elsewhere)
+        "generation_share": (generation.seconds - timer.generating_before) / sum(times)
+        if generation.calls and times else None,
         "trainable": trainable, "total": total, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
     }
 
@@ -161,6 +199,7 @@ def main() -> None:
     parser.add_argument("--max-completion", type=int, help="tokens per answer (default: the profile's)")
     parser.add_argument("--budget", type=float, default=420, help="seconds for all measurements together")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--report", help="write grpo_step.json/.md/.png into this folder")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -187,25 +226,44 @@ def main() -> None:
         for backend in args.backends.split(","):
             left = args.budget - (time.perf_counter() - began)
             if left < 30:
-                results.append({"backend": backend, "setting": name, "error": "not run (time budget)"})
+                results.append({"backend": backend, "setting": name, "error": report.NOT_RUN})
                 continue
             print(f"{name} · {backend} ...", flush=True)
             results.append(run_isolated(folder, backend, name, shape, args.steps, left))
     weights = " (random weights, real shape)" if args.random else ""
     print(f"\n{label}{weights}: GRPO steps with LoRA, no vLLM, {time.perf_counter() - began:.0f} s in all")
-    print(f"{'setting':<7} {'backend':<13} {'weights':<8} {'answers':>7} {'tokens':>6} {'s/step':>7} "
-          f"{'peak GB':>8} {'gen tok/s':>9}")
-    for r in results:
-        if "error" in r:
-            print(f"{r['setting']:<7} {r['backend']:<13} failed: {r['error'].strip().splitlines()[-1]}")
-            continue
-        peak = f"{r['peak_gb']:8.1f}" if r["peak_gb"] is not None else f"{'-':>8}"
-        print(f"{r['setting']:<7} {r['backend']:<13} {'4-bit' if r['load_in_4bit'] else r['dtype']:<8} "
-              f"{r['generations']:>7} {r['completion']:>6} {r['seconds_per_step']:>7.2f} {peak} "
-              f"{r['generated_tokens_per_s'] or 0:>9.0f}")
+    print(render({"rows": results}, None))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.report:
+        report.write_report(args.report, "grpo_step", results, model=label, random=args.random)
+
+
+def render(result: dict, png: Path | None) -> str:
+    """The Markdown table (seconds per step, the share spent generating, peak memory) and the plot."""
+    rows, names, generating, training = [], [], [], []
+    for r in result["rows"]:
+        if "error" in r:
+            rows.append([r["setting"], r["backend"], f"failed: {report.last_line(r['error'])}"] + [None] * 6)
+            continue
+        weights = "4-bit" if r["load_in_4bit"] else "16-bit"
+        share = r.get("generation_share")
+        rows.append([r["setting"], r["backend"], f"{weights}, {r['dtype']}, LoRA r {r['r']}",
+                     f"{r['generations']} × {r['completion']}", report.fmt(r["seconds_per_step"], ".2f"),
+                     report.fmt(share, ".0%"), report.fmt(r["generated_tokens_per_s"]),
+                     report.fmt(r["mean_completion_tokens"], ".0f"), report.fmt(r["peak_gb"], ".1f")])
+        names.append(f"{r['setting']} {r['backend']}")
+        generating.append(r["seconds_per_step"] * share if share is not None else None)
+        training.append(r["seconds_per_step"] * (1 - share) if share is not None else r["seconds_per_step"])
+    table = report.markdown_table(
+        ["setting", "backend", "weights", "answers × max tokens", "s/step", "generating", "generated tok/s",
+         "mean answer tokens", "peak GiB"], rows)
+    report.bar_plot(png, "GRPO: seconds per step", names,
+                    {"seconds per step": {"generating": generating, "scoring + training": training}})
+    return table + ("\n\ngenerating: the share of the step spent in the trainer's generation call "
+                    "(sampling every answer of the group); the rest is scoring, the reference and policy "
+                    "log-probabilities and the optimizer step.")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,10 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_training(processes: int, args: argparse.Namespace, model: str, out: Path) -> dict:
+def run_training(processes: int, args: argparse.Namespace, model: str) -> dict:
     """One `helpers.train sft` run with ``processes`` processes; its metrics file, plus the wall time."""
     accum = args.grad_accum // processes
     run_name = f"multi-gpu-{processes}"
+    shutil.rmtree(args.runs / run_name, ignore_errors=True)  # else training resumes and measures nothing
     train = ["-m", "helpers.train", "sft", "--profile", args.profile, "--model", model,
              "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum", str(accum),
              "--backend", "transformers", "--tracking", "none", "--run-name", run_name]
@@ -38,7 +40,7 @@ def run_training(processes: int, args: argparse.Namespace, model: str, out: Path
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no", *train]
-    env = {**os.environ, "COURSE_OUTPUTS": str(out / "runs")}
+    env = {**os.environ, "COURSE_OUTPUTS": str(args.runs)}
     if processes == 1:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     print("$", " ".join(command), flush=True)
@@ -46,7 +48,7 @@ def run_training(processes: int, args: argparse.Namespace, model: str, out: Path
     done = subprocess.run(command, cwd=ROOT, env=env, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the {processes}-process run failed (exit {done.returncode})")
-    metrics = json.loads((out / "runs" / run_name / "metrics" / "train_sft.json").read_text(encoding="utf-8"))
+    metrics = json.loads((args.runs / run_name / "metrics" / "train_sft.json").read_text(encoding="utf-8"))
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     metrics["command"] = " ".join(command)
     return metrics
@@ -110,7 +112,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=8, help="of the one-process run; divided by N")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="where the report goes")
+    parser.add_argument("--runs", type=Path, default=Path("/tmp/course-multi-gpu"),
+                        help="where the two training runs write checkpoints and adapters")
     args = parser.parse_args()
     if args.grad_accum % args.processes:
         raise SystemExit("--grad-accum must be a multiple of --processes (the same global batch both ways)")
@@ -122,8 +126,8 @@ def main() -> None:
 
         folder = Path("/tmp/course-random") / args.random.split("/")[-1]
         model = str(make_random_checkpoint(args.random, folder, tokenizer_dir=args.tokenizer))
-    one = run_training(1, args, model, args.out)
-    many = run_training(args.processes, args, model, args.out)
+    one = run_training(1, args, model)
+    many = run_training(args.processes, args, model)
     summary = compare(one, many)
     write_report(args.out, one, many, summary, args)
     print((args.out / "multi_gpu.md").read_text(encoding="utf-8"))

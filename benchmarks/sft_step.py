@@ -8,6 +8,12 @@ batches padding-free, as in the notebook; the baseline pads each batch. The tabl
 (real tokens, padding not counted) and peak GPU memory, and unsloth as a ratio of the baseline.
 
     python benchmarks/sft_step.py --random --tokenizer .bench --out sft_step.json
+    python benchmarks/sft_step.py --random --tokenizer .bench/tokenizer --settings 80gb \
+        --batching padding-free,padded --report OUT        # what padding-free batching buys
+
+--batching padding-free,padded measures each backend both ways on the same samples (by default each
+backend batches as 03 does). --full-length stretches every sample to the profile's sequence length: the
+largest batch a profile can meet, which memory_fit.py runs under a memory cap.
 
 The model folder may be a real checkpoint or, offline, a random-initialised one of the real shape
 (--random), which measures speed and memory just as well. The whole run keeps to --budget seconds.
@@ -18,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import report  # noqa: E402  (after the path insert)
 
 SETTINGS = ("t4", "24gb", "80gb", "80gb-full")  # 80gb-full: full fine-tuning, as FULL_FINETUNE=True in 03
 
@@ -38,20 +45,16 @@ def setting_plan(setting: str) -> dict:
                 r=p.lora_r, alpha=p.lora_alpha, batch=p.sft_batch_size, accum=p.sft_grad_accum)
 
 
-def sft_config(output_dir: str, plan: dict, steps: int, padding_free: bool, on_gpu: bool, **extra):
-    """The SFTConfig of 03_sft_llm.ipynb for this plan (keep the two in step)."""
-    from trl import SFTConfig
+def sft_config(output_dir: str, setting: str, plan: dict, steps: int, padding_free: bool):
+    """The SFTConfig 03 trains with (``helpers.recipes.sft_arguments``), for this setting's plan."""
+    from helpers import recipes
+    from helpers.profiles import get_profile
 
-    return SFTConfig(
-        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=plan["batch"],
-        gradient_accumulation_steps=plan["accum"], learning_rate=2e-5 if plan["full"] else 2e-4,
-        lr_scheduler_type="cosine", warmup_steps=1, optim="adamw_8bit" if on_gpu else "adamw_torch",
-        bf16=plan["dtype"] == "bfloat16", fp16=plan["dtype"] == "float16", completion_only_loss=True,
-        padding_free=padding_free, max_length=None if padding_free else plan["seq"],
-        train_sampling_strategy="random" if padding_free else "group_by_length",
-        gradient_checkpointing=on_gpu and plan["full"], logging_steps=1, save_strategy="no",
-        report_to="none", seed=0, dataloader_pin_memory=on_gpu, disable_tqdm=True, **extra,
-    )
+    name = setting.removesuffix("-full")
+    profile = get_profile(name, dtype=plan["dtype"], load_in_4bit=plan["load_in_4bit"])
+    sft = recipes.plan_sft(profile, full_finetune=plan["full"], steps=steps, tracking="none",
+                           save_every=10**9)  # a benchmark saves no checkpoints
+    return recipes.sft_arguments(sft, Path(output_dir), padding_free=padding_free)
 
 
 class Clock:
@@ -99,8 +102,32 @@ class Clock:
             torch.cuda.synchronize()
 
 
+def full_length_rows(tokenizer, rows: list[dict], seq: int) -> list[dict]:
+    """Each row with its completion repeated, then cut, so that prompt + completion fill about ``seq`` tokens:
+    the longest samples a profile allows, whose batches its memory must hold."""
+    stretched = []
+    for row in rows:
+        prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+        ids = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        want = max(seq - prompt - 16, 1)  # slack: the cut text may tokenize a few tokens longer
+        ids = (ids * (want // max(len(ids), 1) + 1))[:want]
+        stretched.append({**row, "completion": tokenizer.decode(ids)})
+    return stretched
+
+
+def length_stats(lengths: list[int]) -> dict:
+    """Mean, median, 90th percentile and maximum of the samples' token counts."""
+    ordered = sorted(lengths)
+
+    def quantile(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"samples": len(ordered), "mean": sum(ordered) / len(ordered), "p50": quantile(0.5),
+            "p90": quantile(0.9), "max": ordered[-1]}
+
+
 def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
-            padding_free: bool | None) -> dict:
+            padding_free: bool | None, full_length: bool = False) -> dict:
     """One backend, one setting: SFT steps as in 03, timed after ``warmup`` steps."""
     import torch
 
@@ -126,10 +153,13 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
     trainable, total = count_parameters(model)
     examples = datasets.load_sft_examples().examples
     rows = [datasets.to_prompt_completion(tokenizer, ex) for ex in examples]
+    if full_length:
+        rows = full_length_rows(tokenizer, rows, plan["seq"])
     if padding_free is None:
         padding_free = model.course_backend == "unsloth"
     clock = Clock(warmup, cuda)
-    args = sft_config(f"/tmp/course-sft-bench/{setting}-{backend}", plan, warmup + steps, padding_free, cuda)
+    out = f"/tmp/course-sft-bench/{setting}-{backend}"
+    args = sft_config(out, setting, plan, warmup + steps, padding_free)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[clock.callback()])
     training.fp32_adapters_for_fp16(trainer)  # as 03 does: fp16 (t4) needs fp32 adapters
@@ -141,54 +171,76 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
         return batch
 
     trainer.data_collator = counting_collator
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     trainer.train()
     seconds = clock.ended - clock.began
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
-        "backend": model.course_backend, "setting": setting, **plan, "padding_free": padding_free,
+        "backend": model.course_backend, "requested": backend, "setting": setting, **plan,
+        "padding_free": padding_free, "full_length": full_length, "sample_tokens": length_stats(lengths),
         "steps": steps, "examples_per_step": plan["batch"] * plan["accum"],
         "tokens_per_s": clock.tokens / seconds, "seconds_per_step": seconds / steps,
         "padding_share": 1 - clock.tokens / clock.padded if clock.padded else 0.0,
         "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else 0.0,
+        "reserved_gb": torch.cuda.max_memory_reserved() / 1024**3 if cuda else 0.0,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "trainable": trainable, "total": total, "first_loss": losses[0], "last_loss": losses[-1],
     }
 
 
 def run_isolated(folder: str, backend: str, setting: str, steps: int, warmup: int, timeout: float,
-                 padding_free: bool | None = None) -> dict:
-    command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", setting,
+                 padding_free: bool | None = None, full_length: bool = False) -> dict:
+    command = [__file__, "--one", backend, "--folder", folder, "--settings", setting,
                "--steps", str(steps), "--warmup", str(warmup)]
     if padding_free is not None:
         command += ["--padding-free", str(padding_free).lower()]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout, 1))
-    except subprocess.TimeoutExpired:
-        return {"backend": backend, "setting": setting, "error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"backend": backend, "setting": setting, "error": (done.stderr or done.stdout)[-3000:]}
-    return json.loads(lines[-1])
+    if full_length:
+        command.append("--full-length")
+    return report.run_isolated(command, timeout, backend=backend, requested=backend, setting=setting,
+                               padding_free=padding_free)
 
 
-def format_table(results: list[dict]) -> str:
-    lines = [f"{'setting':<10} {'backend':<13} {'batching':<12} {'tokens/s':>9} {'s/step':>7} {'peak GB':>8} "
-             f"{'padding':>8}  vs transformers"]
-    for r in results:
+def _matches(row: dict, other: dict) -> bool:
+    return "error" not in other and other["setting"] == row["setting"] and \
+        other.get("full_length") == row.get("full_length")
+
+
+def render(result: dict, png: Path | None) -> str:
+    """The Markdown table: real (non-padding) tokens/s per setting, backend and batching, with ratios
+    against transformers with padded batches and against the same backend padded; and the plot."""
+    rows, names, speeds, memories = [], [], {}, {}
+    for r in result["rows"]:
+        batching = {True: "padding-free", False: "padded", None: "as 03"}[r.get("padding_free")]
         if "error" in r:
-            last = r["error"].strip().splitlines()[-1]
-            lines.append(f"{r['setting']:<10} {r['backend']:<13} failed: {last}")
+            rows.append([r["setting"], r["backend"], batching, f"failed: {report.last_line(r['error'])}"]
+                        + [None] * 7)
             continue
-        base = next((b for b in results if b.get("setting") == r["setting"]
-                     and b.get("backend") == "transformers" and "error" not in b), None)
-        ratio = ""
-        if base and base is not r and base["peak_gb"]:  # no peak memory on a CPU check
-            ratio = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x speed, "
-                     f"{r['peak_gb'] / base['peak_gb']:.2f}x memory")
-        batching = "padding-free" if r["padding_free"] else "padded"
-        lines.append(f"{r['setting']:<10} {r['backend']:<13} {batching:<12} {r['tokens_per_s']:>9.0f} "
-                     f"{r['seconds_per_step']:>7.2f} {r['peak_gb']:>8.1f} {r['padding_share']:>8.0%}  "
-                     f"{ratio}")
-    return "\n".join(lines)
+        base = next((b for b in result["rows"] if _matches(r, b) and b["backend"] == "transformers"
+                     and not b["padding_free"]), None)
+        own = next((b for b in result["rows"] if _matches(r, b) and b["backend"] == r["backend"]
+                    and not b["padding_free"]), None)
+        vs_base = report.fmt(r["tokens_per_s"] / base["tokens_per_s"], ".2f", "×") if base else None
+        vs_own = report.fmt(r["tokens_per_s"] / own["tokens_per_s"], ".2f", "×") if own else None
+        memory = report.fmt(r["peak_gb"] / base["peak_gb"], ".2f", "×") if base and base["peak_gb"] else None
+        tokens = r.get("sample_tokens") or {}
+        lengths = f"{tokens['mean']:.0f} / {tokens['p90']} / {tokens['max']}" if tokens else None
+        requested = r.get("requested", r["backend"])
+        backend = r["backend"] if requested == r["backend"] else f"{requested}→{r['backend']}"  # a fallback
+        rows.append([r["setting"], backend, batching, lengths, report.fmt(r["tokens_per_s"]),
+                     report.fmt(r["padding_share"], ".0%"), report.fmt(r["seconds_per_step"], ".2f"),
+                     report.fmt(r["peak_gb"] or None, ".1f"), vs_base, memory, vs_own])
+        name = f"{r['setting']} {backend} {batching}"
+        names.append(name)
+        speeds[name], memories[name] = r["tokens_per_s"], r["peak_gb"] or None
+    table = report.markdown_table(
+        ["setting", "backend", "batching", "sample tokens (mean / p90 / max)", "real tok/s", "padding",
+         "s/step", "peak GiB", "speed vs transformers padded", "memory vs transformers padded",
+         "speed vs same backend padded"], rows)
+    report.bar_plot(png, "SFT as in 03: real (non-padding) tokens/s", names,
+                    {"real tokens/s": {"measured": [speeds[n] for n in names]},
+                     "peak GiB": {"measured": [memories[n] for n in names]}})
+    return table + ("\n\nReal tokens/s counts the samples' own tokens, never padding: the effective "
+                    "throughput. A step takes the profile's batch × gradient accumulation samples.")
 
 
 def main() -> None:
@@ -199,18 +251,24 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="tokenizer folder for --random (default: the embedded one)")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--backends", default="transformers,unsloth")
+    parser.add_argument("--batching", default="course",
+                        help="'course' (as 03: unsloth padding-free, transformers padded) or any of "
+                             "padding-free,padded for every backend")
+    parser.add_argument("--full-length", action="store_true", help="stretch samples to the profile's length")
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--budget", type=float, default=420, help="seconds for the whole run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--padding-free", choices=("true", "false"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--report", help="write sft_step.json/.md/.png into this folder")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the course's offline samples; no hub needed
 
     if args.one:
         padding_free = None if args.padding_free is None else args.padding_free == "true"
-        result = measure(args.folder, args.one, args.settings, args.steps, args.warmup, padding_free)
+        result = measure(args.folder, args.one, args.settings, args.steps, args.warmup, padding_free,
+                         args.full_length)
         print(json.dumps(result))
         return
     started = time.perf_counter()
@@ -221,29 +279,36 @@ def main() -> None:
         folder = str(make_random_checkpoint(args.model, Path("/tmp/course-random") / args.model,
                                             tokenizer_dir=args.tokenizer))
     folder = folder or args.model
-    runs = [(s, b) for s in args.settings.split(",") for b in args.backends.split(",")
+    batchings = [None] if args.batching == "course" else \
+        [{"padding-free": True, "padded": False}[b] for b in args.batching.split(",")]
+    runs = [(s, b, pf) for s in args.settings.split(",") for b in args.backends.split(",") for pf in batchings
             if not (s.endswith("-full") and b != "transformers")]  # 03 fine-tunes in full with transformers
     results = []
-    for setting, backend in runs:
+    for setting, backend, padding_free in runs:
         left = args.budget - (time.perf_counter() - started)
         if left < 30:
-            results.append({"backend": backend, "setting": setting, "error": "skipped: out of time budget"})
+            results.append({"backend": backend, "setting": setting, "padding_free": padding_free,
+                            "error": report.NOT_RUN})
             continue
-        print(f"{setting} · {backend} ...", flush=True)
-        result = run_isolated(folder, backend, setting, args.steps, args.warmup, left)
-        if "error" in result and backend == "unsloth" and "timed out" not in result["error"]:
-            print(f"  padding-free unsloth failed ({result['error'].strip().splitlines()[-1]}); "
+        print(f"{setting} · {backend} · {padding_free=} ...", flush=True)
+        result = run_isolated(folder, backend, setting, args.steps, args.warmup, left, padding_free,
+                              args.full_length)
+        if ("error" in result and backend == "unsloth" and padding_free is None
+                and "stopped after" not in result["error"]):
+            print(f"  padding-free unsloth failed ({report.last_line(result['error'])}); "
                   "measuring it padded", flush=True)
             padded = run_isolated(folder, backend, setting, args.steps, args.warmup,
-                                  args.budget - (time.perf_counter() - started), padding_free=False)
+                                  args.budget - (time.perf_counter() - started), False, args.full_length)
             results.append(result)
             result = padded
         results.append(result)
     print(f"\n{args.model}{' (random weights, real shape)' if args.random else ''}: SFT as in 03, "
           f"{args.steps} timed steps after {args.warmup}, {time.perf_counter() - started:.0f} s in all")
-    print(format_table(results))
+    print(render({"rows": results}, None))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.report:
+        report.write_report(args.report, "sft_step", results, model=args.model, random=args.random)
 
 
 if __name__ == "__main__":

@@ -26,22 +26,42 @@ QWEN3_SHAPES: dict[str, dict] = {
     "Qwen/Qwen3-8B": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
                           num_attention_heads=32, tie_word_embeddings=False),
 }
+# Two layers of the same architecture: the real code path, small enough to train on a CPU in seconds.
+TINY_QWEN3 = "tiny-qwen3"
+_TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
 
 
 def qwen3_config(model_id: str):
-    """The transformers config of a Qwen3 size, built locally."""
+    """The transformers config of a Qwen3 size (or of ``TINY_QWEN3``), built locally."""
     from transformers import Qwen3Config
 
-    if model_id not in QWEN3_SHAPES:
-        raise KeyError(f"No shape for {model_id}; known: {', '.join(QWEN3_SHAPES)}")
-    return Qwen3Config(**{k: v for k, v in _QWEN3_COMMON.items() if k != "model_type"},
-                       **QWEN3_SHAPES[model_id])
+    shape = _TINY_SHAPE if model_id == TINY_QWEN3 else QWEN3_SHAPES.get(model_id)
+    if shape is None:
+        raise KeyError(f"No shape for {model_id}; known: {', '.join(QWEN3_SHAPES)}, {TINY_QWEN3}")
+    return Qwen3Config(**{**{k: v for k, v in _QWEN3_COMMON.items() if k != "model_type"}, **shape})
+
+
+def silence_unused_tokens(model, used: int) -> None:
+    """Zero the embedding and output rows of token ids past ``used``, the tokenizer's vocabulary.
+
+    The tokenizer cannot decode those ids; with zero rows their logit is 0, below the best real token's,
+    so greedy answers of a random model are text rather than nothing. Speed and memory do not change.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight[used:] = 0
+        output = model.get_output_embeddings()
+        if output is not None:
+            output.weight[used:] = 0
 
 
 def make_random_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfloat16",
                            tokenizer_dir: str | Path | None = None) -> Path:
     """Save a randomly initialised model of ``model_id``'s shape, with the embedded model's tokenizer
-    (or the one in ``tokenizer_dir``)."""
+    (or the one in ``tokenizer_dir``). The weights are drawn on the GPU where there is one: an 8B model
+    takes seconds there and a minute or more on a CPU."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -51,13 +71,18 @@ def make_random_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfloat
     if (dest / "config.json").is_file():
         return dest
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(qwen3_config(model_id), dtype=getattr(torch, dtype))
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(qwen3_config(model_id), dtype=getattr(torch, dtype))
     # The embedded model's tokenizer uses the same <|im_start|>/<|im_end|> chat markup as Qwen3
     # and its ids all fit in Qwen3's larger vocabulary.
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_model_dir())
+    silence_unused_tokens(model, len(tokenizer))
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the caller measures memory next
     os.replace(tmp, dest)
     return dest

@@ -106,7 +106,9 @@ def uses_vllm(model, lora_request=None) -> bool:
     """
     if type(model).__module__.split(".")[0] == "vllm":
         return True
-    return hasattr(model, "fast_generate") and (lora_request is not None or not hasattr(model, "peft_config"))
+    # unsloth gives every model a fast_generate; only a fast_inference one has a vLLM engine behind it
+    has_engine = getattr(model, "vllm_engine", None) is not None
+    return has_engine and (lora_request is not None or not hasattr(model, "peft_config"))
 
 
 def _generate_with_vllm(model, tokenizer, questions, *, max_new_tokens, system, thinking, do_sample,

@@ -42,6 +42,13 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _optimizer() -> str:
+    """AdamW with 8-bit moments on a GPU (a quarter of the memory); plain AdamW on a CPU and under FSDP,
+    which shards the optimizer itself and cannot gather bitsandbytes' 8-bit state into a checkpoint."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return "adamw_8bit" if _on_gpu() and not fsdp else "adamw_torch"
+
+
 # --- SFT (03) ----------------------------------------------------------------------------------
 
 @dataclass
@@ -154,7 +161,7 @@ def sft_arguments(plan: SFTPlan, output_dir: Path, *, padding_free: bool):
         max_steps=plan.steps, per_device_train_batch_size=p.sft_batch_size,
         gradient_accumulation_steps=p.sft_grad_accum,  # effective batch = batch size × accumulation
         learning_rate=plan.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, plan.steps // 10),
-        optim="adamw_8bit" if on_gpu else "adamw_torch",  # 8-bit optimizer moments: a quarter of the memory
+        optim=_optimizer(),  # 8-bit optimizer moments on a GPU: a quarter of the memory
         bf16=p.dtype == "bfloat16", fp16=p.dtype == "float16",  # the cpu profile trains in fp32
         completion_only_loss=True,  # loss on the completion (think block + answer), never on the prompt
         padding_free=padding_free,  # examples end to end, no padding (unsloth keeps them apart)
@@ -302,7 +309,7 @@ def grpo_arguments(plan: GRPOPlan, output_dir: Path, reward_funcs: list, weights
         beta=plan.beta,  # KL penalty towards the reference (the model we started from)
         reward_weights=[weights[rewards.reward_name(fn)] for fn in reward_funcs],
         learning_rate=plan.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-        optim="adamw_8bit" if on_gpu else "adamw_torch",  # 8-bit optimizer moments: a quarter of the memory
+        optim=_optimizer(),  # 8-bit optimizer moments on a GPU: a quarter of the memory
         bf16=p.dtype == "bfloat16", fp16=p.dtype == "float16",  # the cpu profile trains in fp32
         gradient_checkpointing=False,  # add_lora arranged it where it pays (on a GPU)
         logging_steps=1, report_to="none",  # every step is logged for the plots

@@ -97,6 +97,15 @@ class ThroughputMeter:
         return (tokens1 - tokens0) / (t1 - t0) if t1 > t0 else None
 
 
+def save_sharded(trainer, tokenizer, path: Path) -> Path:
+    """Save what FSDP trained: the weights are sharded across the processes, so every process takes
+    part in gathering them (a save on the first process alone would wait for the others forever)."""
+    trainer.save_model(str(path))  # with FULL_STATE_DICT (configs/accelerate/fsdp.yaml): one whole copy
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(path)
+    return path
+
+
 def train_sft(plan: recipes.SFTPlan, run: Path, halve_batch_on_oom: bool = False) -> dict:
     """03's training, start to end: data, model, adapters, trainer, training, the saved adapter."""
     _, _, train_examples = recipes.load_sft_examples(plan)
@@ -115,7 +124,10 @@ def train_sft(plan: recipes.SFTPlan, run: Path, halve_batch_on_oom: bool = False
                "rows_per_step": training.effective_batch(trainer.args) * recipes.world_size(),
                "train_seconds": round(seconds, 1), "tokens_per_second": meter.tokens_per_second(),
                "loss_curve": training.loss_curve(trainer.state.log_history)}
-    if trainer.accelerator.is_main_process:
+    if trainer.is_fsdp_enabled:
+        metrics["saved"] = str(save_sharded(trainer, tokenizer, run / ("sft-model" if plan.full_finetune
+                                                                        else "sft-adapter")))
+    elif trainer.accelerator.is_main_process:
         metrics["saved"] = str(recipes.save_sft_result(plan, model, tokenizer, run))
     return metrics
 
@@ -140,7 +152,9 @@ def train_grpo(plan: recipes.GRPOPlan, run: Path) -> dict:
                "train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, plan.steps), 2),
                "reward_first_steps": round(first, 4), "reward_last_steps": round(last, 4),
                "loss_curve": training.loss_curve(trainer.state.log_history)}
-    if trainer.accelerator.is_main_process:
+    if trainer.is_fsdp_enabled:
+        metrics["saved"] = str(save_sharded(trainer, tokenizer, run / grpo.GRPO_ADAPTER))
+    elif trainer.accelerator.is_main_process:
         metrics["saved"] = str(grpo.save_grpo_adapter(model, tokenizer, run / grpo.GRPO_ADAPTER))
     return metrics
 

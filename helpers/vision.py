@@ -232,9 +232,14 @@ def make_random_vl_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfl
     processor = processor or build_vl_processor("qwen3_vl", max_pixels=REAL_MAX_PIXELS)
     torch.manual_seed(0)
     config = vl_config("qwen3_vl", QWEN3_VL_SHAPES[model_id], processor)
-    model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # drawing weights: seconds on a GPU
+        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
     model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids(TURN_END)
-    return _save_atomically(model, processor, dest)
+    saved = _save_atomically(model, processor, dest)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the caller measures memory next
+    return saved
 
 
 # --- loading and LoRA -------------------------------------------------------------------------

@@ -22,6 +22,33 @@ settings.register_profile("explore", max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+def _gpu_run(config) -> bool:
+    """Whether this run selects the GPU tests alone (``-m gpu``)."""
+    return (config.getoption("markexpr", "") or "").strip() == "gpu"
+
+
+def pytest_configure(config):
+    """With ``-m gpu`` on a CUDA machine, import unsloth before any test module imports transformers:
+    unsloth patches transformers, peft and TRL when it is imported, as the notebooks import it first."""
+    if not _gpu_run(config) or importlib.util.find_spec("unsloth") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            import unsloth  # noqa: F401
+        except Exception as error:  # the unsloth test then fails with the cause; the others still run
+            print(f"unsloth failed to import: {type(error).__name__}: {error}")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m gpu``, collect tests/test_gpu.py alone: the GPU tests live there, and a GPU machine
+    need not have what the other modules import (notebook and browser tooling)."""
+    if _gpu_run(config) and collection_path.suffix == ".py" and collection_path.name != "test_gpu.py":
+        return collection_path.name.startswith("test_") or None
+    return None
+
+
 def load_benchmark(name: str):
     """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")

@@ -133,14 +133,23 @@ def test_a_vllm_engine_generates_greedily_with_the_chat_template(fake_vllm, embe
 
 def test_an_adapter_is_never_dropped_by_the_vllm_path():
     class FastModel:  # unsloth's fast_inference model
+        vllm_engine = object()
+
         def fast_generate(self):
             pass
 
     class PeftFastModel(FastModel):  # …wrapped with a PEFT adapter
         peft_config = {}
 
+    class UnslothModel:  # unsloth without fast_inference: fast_generate is plain generate, no engine
+        vllm_engine = None
+
+        def fast_generate(self):
+            pass
+
     assert uses_vllm(FastModel()) and not uses_vllm(PeftFastModel())
     assert uses_vllm(PeftFastModel(), lora_request="sft") and not uses_vllm(object())
+    assert not uses_vllm(UnslothModel()) and not uses_vllm(UnslothModel(), lora_request="sft")
 
 
 def test_predictions_file_is_plain_jsonl(tmp_path, fake_generate):
