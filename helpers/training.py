@@ -206,6 +206,8 @@ def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = F
                   f"{trainer.args.max_steps}).")
         if checkpoint is not None and checkpoint_step(checkpoint) >= trainer.args.max_steps:
             return _load_finished(trainer, checkpoint)
+        if checkpoint is not None:
+            _load_trained_adapter(trainer.model, checkpoint)
         try:
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as error:
@@ -222,6 +224,21 @@ def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = F
                   "step, as before).")
 
 
+def _load_trained_adapter(model, checkpoint: Path) -> None:
+    """Load the trained adapter saved at the checkpoint's top level into the model's active adapter.
+
+    transformers' resume reads that file only when the checkpoint has no adapter subfolders. GRPO
+    started from the SFT adapter has one (TRL's frozen "ref" copy, the KL reference), so without this
+    a resumed run would go on from the starting adapter instead of the trained one."""
+    weights = checkpoint / "adapter_model.safetensors"
+    if not (hasattr(model, "peft_config") and weights.is_file()):
+        return
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(weights), adapter_name=model.active_adapter)
+
+
 def _load_finished(trainer, checkpoint: Path):
     """The weights and log history of a run that already reached its last step, with no step trained.
 
@@ -231,6 +248,7 @@ def _load_finished(trainer, checkpoint: Path):
     from transformers.trainer_utils import TrainOutput
 
     trainer._load_from_checkpoint(str(checkpoint))  # the same loader trainer.train uses to resume
+    _load_trained_adapter(trainer.model, checkpoint)
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})

@@ -151,3 +151,42 @@ def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, caps
     training.train(resumed, knobs=training.GRPO_KNOBS)
     assert "Resuming from checkpoint-2 (step 2 of 4)." in capsys.readouterr().out
     assert second.steps == 2 and resumed.state.global_step == 4
+
+
+def test_a_grpo_run_from_the_sft_adapter_resumes_with_its_trained_adapter(tmp_path):
+    """Checkpoints of GRPO from an SFT adapter hold TRL's frozen "ref" copy in a subfolder; the trained
+    adapter at the top level must still be the one a rerun (or a resume) goes on from."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from helpers import training
+    from helpers.models import save_adapter
+
+    def longer_is_better(completions, **kwargs) -> list[float]:  # differs within a group: it trains
+        return [len(c) / 10 for c in completions]
+
+    def trainer() -> GRPOTrainer:
+        model, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+        rows = [{"prompt": PROMPT, "answer": "Naloxone"}] * 4
+        args = GRPOConfig(output_dir=str(tmp_path / "grpo-checkpoints"), max_steps=3, learning_rate=1e-2, beta=0.04,
+                          per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
+                          bf16=False, gradient_checkpointing=False, logging_steps=1, save_steps=2,
+                          report_to="none", seed=0, use_cpu=True)
+        return GRPOTrainer(model=model, args=args, reward_funcs=[longer_is_better],
+                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+
+    def adapter(model) -> dict:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".default." in n}
+
+    model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+    save_adapter(model, tokenizer, tmp_path / grpo.SFT_ADAPTER)  # the SFT adapter of 03 to start from
+    first = trainer()
+    start = adapter(first.model)
+    training.train(first, knobs=training.GRPO_KNOBS)
+    trained = adapter(first.model)
+    assert any(not torch.equal(start[n], trained[n]) for n in start)  # it did train
+    assert (tmp_path / "grpo-checkpoints" / "checkpoint-3" / "ref").is_dir()
+    again = trainer()
+    training.train(again, knobs=training.GRPO_KNOBS)  # the finished run again: loads, trains nothing
+    reloaded = adapter(again.model)
+    assert all(torch.equal(trained[n], reloaded[n]) for n in trained)
