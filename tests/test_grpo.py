@@ -168,7 +168,8 @@ def test_a_grpo_run_from_the_sft_adapter_resumes_with_its_trained_adapter(tmp_pa
     def trainer() -> GRPOTrainer:
         model, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
         rows = [{"prompt": PROMPT, "answer": "Naloxone"}] * 4
-        args = GRPOConfig(output_dir=str(tmp_path / "grpo-checkpoints"), max_steps=3, learning_rate=1e-2, beta=0.04,
+        args = GRPOConfig(output_dir=str(tmp_path / "grpo-checkpoints"), max_steps=3, learning_rate=1e-2,
+                          beta=0.04,  # a KL term: TRL keeps the "ref" copy of the SFT adapter
                           per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
                           bf16=False, gradient_checkpointing=False, logging_steps=1, save_steps=2,
                           report_to="none", seed=0, use_cpu=True)
