@@ -48,9 +48,8 @@ NOT_TRAINING = ("check_max_new_tokens", "save_merged", "halve_batch_on_oom")
 def plan_from(kind: str, args: argparse.Namespace):
     """(the plan, its run dir) from the command line: the profile, the knob file, then the flags."""
     knobs = read_knobs(args.config) if args.config else {}
-    profile_name = args.profile or knobs.pop("profile", "auto")
-    run_name = args.run_name or knobs.pop("run_name", "")
-    knobs.pop("profile", None), knobs.pop("run_name", None)
+    file_profile, file_run_name = knobs.pop("profile", "auto"), knobs.pop("run_name", "")
+    profile_name, run_name = args.profile or file_profile, args.run_name or file_run_name
     for name in NOT_TRAINING:
         knobs.pop(name, None)
     flags = {"model": args.model, "steps": args.steps, "seed": args.seed,

@@ -118,11 +118,11 @@ def training_settings(trainer) -> dict:
             "data": _dataset_fingerprint(trainer.train_dataset), "args": args}
 
 
-def resume_point(folder: Path, settings: dict) -> Path | None:
-    """The checkpoint to resume from, or None to start fresh.
+def clear_stale_checkpoints(folder: Path, settings: dict) -> None:
+    """Remove the checkpoints in ``folder`` written under other settings, and record ``settings``.
 
-    Checkpoints written under other settings (another model, data, LoRA rank, step count...) would
-    resume the wrong run, so they are removed, with one line saying so.
+    Checkpoints of another model, data, LoRA rank, step count... would resume the wrong run, so they
+    are removed, with one line saying so.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,6 @@ def resume_point(folder: Path, settings: dict) -> Path | None:
         for path in stale:
             shutil.rmtree(path)
     write_json(saved, settings)
-    return last_checkpoint(folder)
 
 
 def effective_batch(args) -> int:
@@ -195,7 +194,7 @@ def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = F
     while True:
         folder = Path(trainer.args.output_dir)
         if accelerator.is_main_process:
-            resume_point(folder, settings or training_settings(trainer))
+            clear_stale_checkpoints(folder, settings or training_settings(trainer))
         accelerator.wait_for_everyone()
         checkpoint = last_checkpoint(folder)
         if checkpoint is None and start is not None:
@@ -204,10 +203,10 @@ def train(trainer, *, settings: dict | None = None, halve_batch_on_oom: bool = F
             print(f"Training from the start: {trainer.args.max_steps} steps." if checkpoint is None else
                   f"Resuming from {checkpoint.name} (step {checkpoint_step(checkpoint)} of "
                   f"{trainer.args.max_steps}).")
-        if checkpoint is not None and checkpoint_step(checkpoint) >= trainer.args.max_steps:
-            return _load_finished(trainer, checkpoint)
         if checkpoint is not None:
             _load_trained_adapter(trainer.model, checkpoint)
+            if checkpoint_step(checkpoint) >= trainer.args.max_steps:
+                return _load_finished(trainer, checkpoint)
         try:
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as error:
@@ -248,7 +247,6 @@ def _load_finished(trainer, checkpoint: Path):
     from transformers.trainer_utils import TrainOutput
 
     trainer._load_from_checkpoint(str(checkpoint))  # the same loader trainer.train uses to resume
-    _load_trained_adapter(trainer.model, checkpoint)
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})

@@ -50,11 +50,12 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/<name>.py`` imported as a module, by the loader the benchmark reports use."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the scripts import each other as benchmarks.<name>
+    from benchmarks.report import load_script
+
+    return load_script(name)
 
 
 @pytest.fixture(scope="session")
