@@ -17,6 +17,7 @@
 #   BACKENDS          transformers,unsloth (default), or transformers alone on a machine without
 #                     unsloth; memory and the tests follow what is installed
 #   SHAPES            Qwen3 sizes for throughput (default 1.7B; e.g. 4B,8B in a later call)
+#   WEIGHTS, GC       the rest of the throughput grid (default bf16,4bit and on,off; e.g. GC=off later)
 #   NOTEBOOKS         notebooks for memory (default 03,05,06; 02 adds the evaluation batch)
 #   PROFILES          profiles for memory (default t4,24gb)
 #   DEADLINE          seconds for the whole call (default 580)
@@ -74,7 +75,8 @@ for part in $PARTS; do
     throughput)
         b=$(budget 300)
         run throughput "$((b + 30))" "$PY" benchmarks/train_step.py --random --tokenizer "$TOK" \
-            --shapes "${SHAPES:-1.7B}" --backends "$BACKENDS" --budget "$b" --report "$OUT" ;;
+            --shapes "${SHAPES:-1.7B}" --weights "${WEIGHTS:-bf16,4bit}" --gc "${GC:-on,off}" \
+            --backends "$BACKENDS" --budget "$b" --report "$OUT" ;;
     memory)
         b=$(budget 300)
         run memory "$((b + 30))" "$PY" benchmarks/memory_fit.py --tokenizer "$TOK" \
@@ -84,7 +86,7 @@ for part in $PARTS; do
         run generation "$(budget 80)" "$PY" benchmarks/generation.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --prompts 16 --batch 16 --max-new-tokens 48 --report "$OUT" ;;
     grpo)
-        b=$(budget 100)
+        b=$(budget 200)  # the first step compiles the model
         run grpo "$((b + 30))" "$PY" benchmarks/grpo_step.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --settings t4 --backends "${BACKENDS//transformers,/}" --steps 2 --budget "$b" \
             --report "$OUT" ;;

@@ -33,9 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import report  # noqa: E402  (after the path insert)
 from helpers.profiles import PROFILES  # noqa: E402  (imports no torch)
 
-SYSTEM = ("You are a careful medical expert. Reason step by step inside <think> </think>, "
-          "then give only the final answer: a few words, or the option letter.")
-
 
 def setting(name: str, generations: int | None = None, completion: int | None = None) -> dict:
     """The GRPO shape of a profile, optionally with fewer answers or shorter ones."""
@@ -104,6 +101,7 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
     from helpers.datasets import load_grpo_items
     from helpers.generation import chat_prompt
     from helpers.models import add_lora, count_parameters, load_text_model
+    from helpers.recipes import GRPO_SYSTEM_PROMPT
     from helpers.training import fp32_adapters_for_fp16
 
     cuda = torch.cuda.is_available()
@@ -113,8 +111,8 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
     model = add_lora(model, r=shape["r"], alpha=shape["r"], gradient_checkpointing=cuda)
     trainable, total = count_parameters(model)
     items, _ = load_grpo_items(["medical-o1-verifiable-problem"], warmup + steps, offline=True)
-    rows = [{"prompt": chat_prompt(tokenizer, i.question, system=SYSTEM) + "<think>\n", "answer": i.answer,
-             "choices": i.choices, "question": i.question} for i in items]
+    rows = [{"prompt": chat_prompt(tokenizer, i.question, system=GRPO_SYSTEM_PROMPT) + "<think>\n",
+             "answer": i.answer, "choices": i.choices, "question": i.question} for i in items]
     funcs = [rewards.format_reward, rewards.reasoning_steps_reward, rewards.accuracy_reward,
              partial(rewards.length_reward, max_tokens=shape["completion"])]
 

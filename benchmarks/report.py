@@ -240,16 +240,28 @@ def render_folder(folder: Path) -> Path:
     return summary
 
 
+def cut_by_budget(row: dict) -> bool:
+    """Whether a time budget left this measurement out or stopped it (rather than it failing)."""
+    return str(row.get("error", "")).endswith("(time budget)")
+
+
+def measured_elsewhere(cut: dict, rows: list[dict]) -> bool:
+    """Whether another row measured the configuration of a row a budget cut (its labels, less the error)."""
+    label = {k: v for k, v in cut.items() if k != "error"}
+    return any("error" not in row and all(row.get(k) == v for k, v in label.items()) for row in rows)
+
+
 def merge(folders: list[Path], out: Path) -> Path:
-    """One report per bench holding the rows of every run (the environment and command of the first),
-    less the rows a budget left out: a later run measures those."""
+    """One report per bench holding the rows of every run (the environment and command of the first).
+
+    A row a budget cut is left out when another run measured it, and kept (to say it is missing) when
+    none did."""
     merged: dict[str, dict] = {}
     for folder in folders:
         for path in sorted(Path(folder).glob("*.json")):
             report = json.loads(path.read_text())
             if "bench" not in report:
                 continue
-            report["rows"] = [row for row in report["rows"] if row.get("error") != NOT_RUN]
             if report["bench"] in merged:
                 target = merged[report["bench"]]
                 target["rows"] += report["rows"]
@@ -258,6 +270,8 @@ def merge(folders: list[Path], out: Path) -> Path:
                 merged[report["bench"]] = report
     out.mkdir(parents=True, exist_ok=True)
     for bench, report in merged.items():
+        rows = report["rows"]
+        report["rows"] = [row for row in rows if not (cut_by_budget(row) and measured_elsewhere(row, rows))]
         (out / f"{bench}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     return render_folder(out)
 

@@ -54,7 +54,8 @@ def _throughput_rows(backend: str, tokens_per_s: float, peak: float) -> list[dic
     row = dict(shape="1.7B", weights="bf16", gc=True, backend=backend, requested=backend, seq=2048, batch=4,
                r=16, tokens_per_s=tokens_per_s, peak_gib=peak, peak_tflops=989.0, mfu=0.3, mfu_lora=0.2)
     failed = dict(row, weights="4bit", error="Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory.")
-    cut = dict(row, gc=False, error="not run (time budget)")
+    labels = ("shape", "weights", "backend", "requested", "seq", "batch", "r")  # all a cut row knows
+    cut = {**{k: row[k] for k in labels}, "gc": False, "error": "not run (time budget)"}
     return [row, failed, cut]
 
 
@@ -65,12 +66,17 @@ def test_a_report_is_json_markdown_and_plot_and_two_runs_merge(report, tmp_path)
     saved = json.loads((base / "train_step.json").read_text())
     assert saved["bench"] == "train_step" and saved["environment"]["packages"]["torch"]
     assert (base / "train_step.md").is_file() and (base / "train_step.png").stat().st_size > 1000
-    summary = report.merge([base, fast], tmp_path / "merged").read_text()
+    later = tmp_path / "c"  # a later run measures the row the budget cut from the first run only
+    no_gc = _throughput_rows("transformers", 15_000.0, 40.0)[0] | {"gc": False}
+    report.write_report(later, "train_step", [no_gc])
+    summary = report.merge([base, fast, later], tmp_path / "merged").read_text()
     line = next(line for line in summary.splitlines() if line.startswith("| 1.7B bf16 gc"))
     assert "10,000" in line and "25,000" in line and "2.50×" in line and "0.40×" in line
     assert "failed: torch.OutOfMemoryError: CUDA out of memory." in summary
-    assert "no-gc" in (base / "train_step.md").read_text() and "no-gc" not in summary  # cut rows drop out
-    assert len(json.loads((tmp_path / "merged" / "train_step.json").read_text())["rows"]) == 4
+    line = next(line for line in summary.splitlines() if line.startswith("| 1.7B bf16 no-gc"))
+    assert "15,000" in line and "not run (time budget)" in line  # the unsloth row is still to be measured
+    rows = json.loads((tmp_path / "merged" / "train_step.json").read_text())["rows"]
+    assert len(rows) == 6 and sum("error" in row for row in rows) == 3  # 2 failures, 1 cut left
 
 
 def test_the_throughput_grid_spends_a_short_budget_on_the_goal_first():
