@@ -7,14 +7,16 @@ trained (non-padding) tokens of all processes, from the first logged step to the
 step's warm-up left out). The scaling ratio is N-process tokens/s over one-process tokens/s.
 
     python benchmarks/multi_gpu.py --random Qwen/Qwen3-1.7B --tokenizer .bench/tokenizer \\
-        --profile 80gb --processes 2 --steps 16 --batch-size 8 --grad-accum 8 --out OUT
+        --profile 80gb --processes 2 --steps 16 --batch-size 8 --grad-accum 8 --report OUT
 
-Writes OUT/multi_gpu.json, OUT/multi_gpu.md and OUT/multi_gpu.png (the two loss curves).
+Writes OUT/multi_gpu.json, OUT/multi_gpu.md and OUT/multi_gpu.png (the two loss curves), as every
+benchmark does (`benchmarks/report.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402  (after the path insert)
 
 
 def run_training(processes: int, args: argparse.Namespace, model: str) -> dict:
@@ -51,6 +56,7 @@ def run_training(processes: int, args: argparse.Namespace, model: str) -> dict:
     metrics = json.loads((args.runs / run_name / "metrics" / "train_sft.json").read_text(encoding="utf-8"))
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     metrics["command"] = " ".join(command)
+    metrics |= {"batch_size": args.batch_size, "grad_accum": accum}
     return metrics
 
 
@@ -64,42 +70,39 @@ def compare(one: dict, many: dict) -> dict:
             "loss_gap_max": max(gaps), "loss_last": (a[shared[-1]], b[shared[-1]])}
 
 
-def write_report(out: Path, one: dict, many: dict, summary: dict, args: argparse.Namespace) -> None:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+def render(result: dict, png: Path | None) -> str:
+    """The Markdown table (one row per run), the scaling and loss gap, and a plot of the loss curves."""
+    one, many = result["rows"]
+    rows = []
+    for r in (one, many):
+        split = f"{r['batch_size']} × {r['grad_accum']}"  # per process; × processes where several
+        split += f" × {r['processes']}" if r["processes"] > 1 else ""
+        rows.append([r["processes"], split, f"{r['tokens_per_second']:,.0f}", r["train_seconds"],
+                     f"{r['loss_curve'][-1][1]:.3f}"])
+    table = report.markdown_table(["GPUs", "batch × accumulation", "tokens/s", "train seconds", "last loss"],
+                                  rows)
     n = many["processes"]
-    data = {"gpu": gpu, "torch": torch.__version__, "argv": sys.argv, "one": one, "many": many, **summary}
-    (out / "multi_gpu.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
-    rows = [f"| 1 | {args.batch_size} × {args.grad_accum} | {one['tokens_per_second']:,.0f} | "
-            f"{one['train_seconds']} | {one['loss_curve'][-1][1]:.3f} |",
-            f"| {n} | {args.batch_size} × {args.grad_accum // n} × {n} | {many['tokens_per_second']:,.0f} | "
-            f"{many['train_seconds']} | {many['loss_curve'][-1][1]:.3f} |"]
-    (out / "multi_gpu.md").write_text("\n".join([
-        f"{gpu} · {args.steps} steps of {args.batch_size * args.grad_accum} rows · profile {args.profile} · "
-        f"transformers + peft, DDP",
-        "", "| GPUs | batch × accumulation | tokens/s | train seconds | last loss |", "|---|---|---|---|---|",
-        *rows, "",
-        f"Scaling {summary['scaling']:.2f}× on {n} GPUs; the loss curves differ by "
-        f"{summary['loss_gap_mean']:.2%} on average (at most {summary['loss_gap_max']:.2%}) "
-        f"over {summary['steps_compared']} steps."]) + "\n",
-        encoding="utf-8")
-    try:
+    if png is not None and importlib.util.find_spec("matplotlib") is not None:
         import matplotlib
 
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")  # no display on a GPU box
         import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, run in (("1 GPU", one), (f"{n} GPUs", many)):
-        steps, losses = zip(*run["loss_curve"], strict=True)
-        rate = f"{run['tokens_per_second']:,.0f} tok/s"
-        ax.plot(steps, losses, marker="o", markersize=3, label=f"{label}, {rate}")
-    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"SFT loss, 1 vs {n} GPUs (same batch)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "multi_gpu.png", dpi=120)
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for label, run in (("1 GPU", one), (f"{n} GPUs", many)):
+            steps, losses = zip(*run["loss_curve"], strict=True)
+            rate = f"{run['tokens_per_second']:,.0f} tok/s"
+            ax.plot(steps, losses, marker="o", markersize=3, label=f"{label}, {rate}")
+        ax.set(xlabel="optimizer step", ylabel="training loss", title=f"SFT loss, 1 vs {n} GPUs (same batch)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+    return table + (
+        f"\n\n{one['steps']} steps of {one['rows_per_step']} rows, profile {one['plan']['profile']}, "
+        f"transformers + peft, DDP. Scaling {result['scaling']:.2f}× on {n} GPUs; the loss curves differ by "
+        f"{result['loss_gap_mean']:.2%} on average (at most {result['loss_gap_max']:.2%}) over "
+        f"{result['steps_compared']} steps.")
 
 
 def main() -> None:
@@ -112,25 +115,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=8, help="of the one-process run; divided by N")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="where the report goes")
+    parser.add_argument("--report", type=Path, default=Path("outputs/bench"), help="where the report goes")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/course-multi-gpu"),
                         help="where the two training runs write checkpoints and adapters")
     args = parser.parse_args()
     if args.grad_accum % args.processes:
         raise SystemExit("--grad-accum must be a multiple of --processes (the same global batch both ways)")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.report.mkdir(parents=True, exist_ok=True)
     model = args.model
     if args.random:
-        sys.path.insert(0, str(ROOT))
         from helpers.architectures import make_random_checkpoint
 
         folder = Path("/tmp/course-random") / args.random.split("/")[-1]
         model = str(make_random_checkpoint(args.random, folder, tokenizer_dir=args.tokenizer))
     one = run_training(1, args, model)
     many = run_training(args.processes, args, model)
-    summary = compare(one, many)
-    write_report(args.out, one, many, summary, args)
-    print((args.out / "multi_gpu.md").read_text(encoding="utf-8"))
+    path = report.write_report(args.report, "multi_gpu", [one, many], **compare(one, many))
+    print(path.with_suffix(".md").read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -169,3 +169,23 @@ def test_the_goal_line_sets_the_course_path_against_both_baselines():
     assert "without checkpointing 2.00× tokens/s, 0.10× peak memory" in line
     fallback = [dict(rows[1], backend="transformers")]  # unsloth asked for, transformers loaded
     assert bench.goal_lines(rows[:1] + fallback) == []
+
+
+def _multi_gpu_run(processes: int, tokens_per_second: float, losses: list[float]) -> dict:
+    return {"processes": processes, "batch_size": 8, "grad_accum": 4 // processes, "steps": len(losses),
+            "rows_per_step": 32, "train_seconds": 10.0, "tokens_per_second": tokens_per_second,
+            "plan": {"profile": "80gb"}, "loss_curve": [[i + 1, x] for i, x in enumerate(losses)]}
+
+
+def test_the_multi_gpu_report_gives_the_scaling_and_the_gap_between_the_loss_curves(report, tmp_path):
+    bench = load_benchmark("multi_gpu")
+    one = _multi_gpu_run(1, 1000.0, [2.0, 1.5, 1.0])
+    many = _multi_gpu_run(2, 1900.0, [2.0, 1.5, 1.1])
+    summary = bench.compare(one, many)
+    assert summary["scaling"] == pytest.approx(1.9) and summary["steps_compared"] == 3
+    assert summary["loss_gap_max"] == pytest.approx(0.1)  # 1.1 against 1.0 at the last step
+    assert summary["loss_gap_mean"] == pytest.approx(0.1 / 3)
+    path = report.write_report(tmp_path, "multi_gpu", [one, many], **summary)
+    markdown = path.with_suffix(".md").read_text()
+    assert "| 2 | 8 × 2 × 2 | 1,900 |" in markdown and "Scaling 1.90× on 2 GPUs" in markdown
+    assert "at most 10.00%" in markdown and (tmp_path / "multi_gpu.png").stat().st_size > 1000
