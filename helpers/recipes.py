@@ -201,7 +201,7 @@ class GRPOPlan:
     """Every choice of a GRPO run: the profile's values, with the notebook's knobs applied."""
 
     profile: Profile
-    model_id: str
+    model_name: str
     from_sft: bool
     sources: tuple[str, ...]
     offline: bool
@@ -210,7 +210,7 @@ class GRPOPlan:
     steps: int
     num_generations: int
     prompts_per_step: int
-    max_completion: int
+    max_completion_length: int
     temperature: float
     beta: float
     learning_rate: float
@@ -224,8 +224,8 @@ class GRPOPlan:
 
     def describe(self) -> str:
         return (f"{self.steps} steps × {self.prompts_per_step} question(s) × {self.num_generations} answers "
-                f"of at most {self.max_completion} tokens · temperature {self.temperature} · beta {self.beta}"
-                f" · learning rate {self.learning_rate:g}"
+                f"of at most {self.max_completion_length} tokens · temperature {self.temperature}"
+                f" · beta {self.beta} · learning rate {self.learning_rate:g}"
                 f"{f' · {world_size()} processes' if world_size() > 1 else ''}")
 
 
@@ -240,10 +240,10 @@ def plan_grpo(profile: Profile, *, model: str = "", from_sft: bool = True,
     """The plan for ``profile``; every knob left at None takes the profile's value."""
     steps = steps or profile.grpo_steps
     return GRPOPlan(
-        profile=profile, model_id=model, from_sft=from_sft, sources=tuple(sources), offline=offline,
+        profile=profile, model_name=model, from_sft=from_sft, sources=tuple(sources), offline=offline,
         prompts=prompts or profile.grpo_prompts, check_prompts=check_prompts, steps=steps,
         num_generations=num_generations or profile.grpo_generations, prompts_per_step=prompts_per_step,
-        max_completion=max_completion_length or profile.grpo_max_completion, temperature=temperature,
+        max_completion_length=max_completion_length or profile.grpo_max_completion, temperature=temperature,
         beta=beta,
         # GRPO updates are noisy: small steps on a GPU; on cpu a dozen steps must show a change
         learning_rate=learning_rate or (5e-6 if _on_gpu() else 2e-4),
@@ -266,7 +266,8 @@ def load_grpo_items(plan: GRPOPlan, run: Path) -> tuple[list, list, list[dict]]:
 def grpo_rewards(plan: GRPOPlan) -> tuple[list, dict[str, float]]:
     """(the reward functions, their weights): the four rules, plus the teacher when it has a share."""
     funcs = [rewards.format_reward, rewards.reasoning_steps_reward, rewards.accuracy_reward,
-             partial(rewards.length_reward, max_tokens=plan.max_completion)]  # the trainer's token limit
+             # the length rule scores against the trainer's own token limit
+             partial(rewards.length_reward, max_tokens=plan.max_completion_length)]
     if plan.teacher_share > 0:
         if not rewards.teacher_available():
             raise CourseError("TEACHER_SHARE is above 0 but no judge is set up: set JUDGE_API_KEY (and "
@@ -281,7 +282,7 @@ def load_grpo_policy(plan: GRPOPlan, run: Path):
 
     fast_generation = _on_gpu() and world_size() == 1 and grpo.vllm_available()
     model, tokenizer, started_from = grpo.load_policy(
-        plan.profile, run, model_id=plan.model_id, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha,
+        plan.profile, run, model_id=plan.model_name, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha,
         from_sft=plan.from_sft, fast_generation=fast_generation, gradient_checkpointing=_on_gpu(),
         backend="transformers" if world_size() > 1 else "auto")
     return model, tokenizer, started_from
@@ -305,7 +306,7 @@ def grpo_arguments(plan: GRPOPlan, output_dir: Path, reward_funcs: list, weights
         num_generations=plan.num_generations,  # the group: answers sampled per question, compared together
         per_device_train_batch_size=plan.prompts_per_step * plan.num_generations,  # whole groups per step
         temperature=plan.temperature,  # the group needs variety to compare
-        max_completion_length=plan.max_completion,  # tokens per answer; longer ones are cut (and penalised)
+        max_completion_length=plan.max_completion_length,  # tokens per answer; longer are cut (and penalised)
         beta=plan.beta,  # KL penalty towards the reference (the model we started from)
         reward_weights=[weights[rewards.reward_name(fn)] for fn in reward_funcs],
         learning_rate=plan.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
@@ -340,8 +341,8 @@ def plan_record(plan: SFTPlan | GRPOPlan) -> dict:
     return record
 
 
-# Plan fields whose knob has another name in the notebooks' first cells.
-_KNOB_NAMES = {"model_name": "model", "model_id": "model", "max_completion": "max_completion_length"}
+# Plan fields whose knob has another name in the notebooks' first cells ("model" is the loaded model there).
+_KNOB_NAMES = {"model_name": "model"}
 _PROFILE_SIZES = {SFTPlan: ("sft_batch_size", "sft_grad_accum"), GRPOPlan: ()}
 
 
