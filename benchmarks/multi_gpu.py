@@ -121,7 +121,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.grad_accum % args.processes:
         raise SystemExit("--grad-accum must be a multiple of --processes (the same global batch both ways)")
-    args.report.mkdir(parents=True, exist_ok=True)
     model = args.model
     if args.random:
         from helpers.architectures import make_random_checkpoint
