@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -88,7 +87,7 @@ class GenerationClock:
             torch.cuda.synchronize()
 
 
-def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1) -> dict:
+def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmup: int = 1) -> dict:
     """Seconds per GRPO step and peak GPU memory over ``steps`` steps after ``warmup`` steps."""
     if backend == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers, peft and TRL)
@@ -97,11 +96,9 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from helpers import rewards
+    from helpers import recipes
     from helpers.datasets import load_grpo_items
-    from helpers.generation import chat_prompt
     from helpers.models import add_lora, count_parameters, load_text_model
-    from helpers.recipes import GRPO_SYSTEM_PROMPT
     from helpers.training import fp32_adapters_for_fp16
 
     cuda = torch.cuda.is_available()
@@ -111,10 +108,11 @@ def measure(folder: str, backend: str, shape: dict, steps: int, warmup: int = 1)
     model = add_lora(model, r=shape["r"], alpha=shape["r"], gradient_checkpointing=cuda)
     trainable, total = count_parameters(model)
     items, _ = load_grpo_items(["medical-o1-verifiable-problem"], warmup + steps, offline=True)
-    rows = [{"prompt": chat_prompt(tokenizer, i.question, system=GRPO_SYSTEM_PROMPT) + "<think>\n",
-             "answer": i.answer, "choices": i.choices, "question": i.question} for i in items]
-    funcs = [rewards.format_reward, rewards.reasoning_steps_reward, rewards.accuracy_reward,
-             partial(rewards.length_reward, max_tokens=shape["completion"])]
+    # 06's prompts (think block opened) and its four rule rewards, for this setting's answer length
+    plan = recipes.plan_grpo(PROFILES[name], num_generations=shape["generations"],
+                             max_completion_length=shape["completion"])
+    rows = [recipes.grpo_row(plan, tokenizer, item) for item in items]
+    funcs, _ = recipes.grpo_rewards(plan)
 
     class StepTimer(TrainerCallback):
         """Wall time of every step after the warm-up, and the peak memory over them."""
@@ -170,7 +168,7 @@ def run_isolated(folder: str, backend: str, name: str, shape: dict, steps: int, 
     """``measure`` in a fresh Python process; a failure or a timeout is a result, not a crash."""
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        command = [sys.executable, __file__, "--one", backend, "--folder", folder,
+        command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", name,
                    "--shape", json.dumps(shape), "--steps", str(steps), "--result", str(result)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -204,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.one:
-        result = measure(args.folder, args.one, json.loads(args.shape), args.steps)
+        result = measure(args.folder, args.one, args.settings, json.loads(args.shape), args.steps)
         Path(args.result).write_text(json.dumps(result))
         return
     began = time.perf_counter()

@@ -22,7 +22,7 @@ def test_a_setting_is_the_profile_grpo_shape(bench):
 def test_a_grpo_step_is_measured_on_a_tiny_qwen3(bench, tmp_path):
     folder = bench.make_tiny_checkpoint(tmp_path / "tiny", None)
     shape = bench.setting("t4", generations=2, completion=4)
-    result = bench.measure(str(folder), "transformers", shape, steps=1)
+    result = bench.measure(str(folder), "transformers", "t4", shape, steps=1)
     assert result["backend"] == "transformers" and result["steps"] == 1
     assert result["seconds_per_step"] > 0 and result["peak_gb"] is None  # no GPU here
     assert result["load_in_4bit"] is False and result["dtype"] == "float32"  # what a CPU actually loads
