@@ -360,3 +360,14 @@ def save_knobs(plan: SFTPlan | GRPOPlan, path: Path, run_name: str = "") -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(knobs, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def launch_command(kind: str, knobs: Path) -> str:
+    """The ``accelerate launch`` line that trains a knob file on this machine's GPUs, or, with fewer than
+    two here, on a machine with two."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    where = f"this machine's {gpus} GPUs" if gpus > 1 else f"a machine with 2 GPUs (this one has {gpus})"
+    return (f"From a terminal in the course folder, on {where}:\n"
+            f"  accelerate launch --num_processes {max(gpus, 2)} -m helpers.train {kind} --config {knobs}")

@@ -52,6 +52,18 @@ def test_a_notebook_plan_saved_as_knobs_plans_the_same_run(tmp_path, monkeypatch
     assert again.profile == plan.profile
 
 
+def test_the_launch_command_asks_for_two_gpus_where_this_machine_has_fewer(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    text = recipes.launch_command("grpo", tmp_path / "k.yaml")
+    assert "a machine with 2 GPUs (this one has 0)" in text
+    assert f"accelerate launch --num_processes 2 -m helpers.train grpo --config {tmp_path / 'k.yaml'}" in text
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    text = recipes.launch_command("sft", tmp_path / "k.yaml")
+    assert "this machine's 4 GPUs" in text and "--num_processes 4 -m helpers.train sft" in text
+
+
 @pytest.mark.parametrize("text", ["- 1\n- 2\n", "STEPS: [unclosed\n"])
 def test_a_bad_knob_file_is_one_sentence(tmp_path, text):
     path = tmp_path / "bad.yaml"
