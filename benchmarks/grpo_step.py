@@ -36,8 +36,8 @@ from helpers.profiles import PROFILES  # noqa: E402  (imports no torch)
 def setting(name: str, generations: int | None = None, completion: int | None = None) -> dict:
     """The GRPO shape of a profile, optionally with fewer answers or shorter ones."""
     p = PROFILES[name]
-    gens = generations or p.grpo_generations
-    completion = completion or p.grpo_max_completion
+    gens = generations or p.grpo_num_generations
+    completion = completion or p.grpo_max_completion_length
     return dict(load_in_4bit=p.load_in_4bit, dtype=p.dtype, generations=gens, completion=completion,
                 r=p.lora_r, seq=completion + 512)  # room for the prompt
 
@@ -96,7 +96,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from helpers import recipes
+    from helpers import notebook
     from helpers.datasets import load_grpo_items
     from helpers.models import add_lora, count_parameters, load_text_model
     from helpers.training import fp32_adapters_for_fp16
@@ -108,11 +108,14 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     model = add_lora(model, r=shape["r"], alpha=shape["r"], gradient_checkpointing=cuda)
     trainable, total = count_parameters(model)
     items, _ = load_grpo_items(["medical-o1-verifiable-problem"], warmup + steps, offline=True)
-    # 06's prompts (think block opened) and its four rule rewards, for this setting's answer length
-    plan = recipes.plan_grpo(PROFILES[name], num_generations=shape["generations"],
-                             max_completion_length=shape["completion"])
-    rows = [recipes.grpo_row(plan, tokenizer, item) for item in items]
-    funcs, _ = recipes.grpo_rewards(plan)
+    # 06's own cells: its prompts (think block opened) and its rewards, for this setting's answer length
+    with tempfile.TemporaryDirectory() as run:
+        ns = notebook.run_recipe("grpo", {"PROFILE": name, "RUN_NAME": run, "STEPS": warmup + steps,
+                                          "NUM_GENERATIONS": shape["generations"],
+                                          "MAX_COMPLETION_LENGTH": shape["completion"]},
+                                 tag=("plan", "rewards", "rows"),
+                                 namespace={"tokenizer": tokenizer, "train_items": items, "check_items": []})
+    rows, funcs = ns["train_rows"], ns["reward_funcs"]
 
     class StepTimer(TrainerCallback):
         """Wall time of every step after the warm-up, and the peak memory over them."""

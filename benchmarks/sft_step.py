@@ -46,15 +46,16 @@ def setting_plan(setting: str) -> dict:
 
 
 def sft_config(output_dir: str, setting: str, plan: dict, steps: int, padding_free: bool):
-    """The SFTConfig 03 trains with (``helpers.recipes.sft_arguments``), for this setting's plan."""
-    from helpers import recipes
-    from helpers.profiles import get_profile
+    """The SFTConfig 03 trains with: its plan cell and its ``SFTConfig`` cell, run for this setting."""
+    from helpers import notebook
 
-    name = setting.removesuffix("-full")
-    profile = get_profile(name, dtype=plan["dtype"], load_in_4bit=plan["load_in_4bit"])
-    sft = recipes.plan_sft(profile, full_finetune=plan["full"], steps=steps, tracking="none",
-                           save_every=10**9)  # a benchmark saves no checkpoints
-    return recipes.sft_arguments(sft, Path(output_dir), padding_free=padding_free)
+    knobs = {"PROFILE": setting.removesuffix("-full"), "RUN_NAME": str(Path(output_dir).resolve()),
+             "FULL_FINETUNE": plan["full"], "STEPS": steps, "TRACKING": "none", "PADDING_FREE": padding_free,
+             "SAVE_EVERY": 10**9}  # a benchmark saves no checkpoints
+    ns = notebook.run_recipe("sft", knobs, tag=("plan", "sft-config"),
+                             namespace={"backend": "unsloth" if padding_free else "transformers",
+                                        "held_rows": []})  # no held-out loss in a benchmark
+    return ns["args"]
 
 
 class Clock:

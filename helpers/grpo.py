@@ -3,7 +3,8 @@
 The notebook builds the rewards, the ``GRPOConfig`` and the ``GRPOTrainer`` in plain sight; this
 module holds what surrounds them: loading the model with the SFT adapter of 03 (or fresh LoRA
 adapters), recording sampled completions every few steps, reading the reward curves out of the log
-history, scoring the policy on held-out prompts, and saving the GRPO adapter for 04 and 07.
+history, scoring the policy on held-out prompts, and the folder of the GRPO adapter that 04 and 07
+read (``training.save_trained`` saves it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 
 from helpers.errors import CourseError
-from helpers.models import LORA_TARGETS, add_lora, load_text_model, save_adapter
+from helpers.models import LORA_TARGETS, add_lora, load_text_model
 from helpers.profiles import Profile
 
 SFT_ADAPTER = "sft-adapter"  # written by 03_sft_llm.ipynb
@@ -90,14 +91,6 @@ def _read_adapter_weights(folder: Path) -> dict:
     import torch
 
     return torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
-
-
-def save_grpo_adapter(model, tokenizer, path: Path) -> Path:
-    """Save the trained adapter only. TRL keeps a frozen copy of a starting adapter under the name
-    "ref" (the KL reference); it is not part of the result, so it is dropped first."""
-    if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")
-    return save_adapter(model, tokenizer, path)
 
 
 # --- watching training ----------------------------------------------------------------------

@@ -147,18 +147,28 @@ def add_lora(
             bias="none", use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
             random_state=seed,
         )
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()  # checkpointed LoRA layers need grads flowing from the inputs
+    model = prepare_for_lora(model, gradient_checkpointing)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
                         bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     peft_model.course_backend = "transformers"
     return peft_model
+
+
+def prepare_for_lora(model, gradient_checkpointing: bool):
+    """The model ready for peft's LoRA (unsloth's ``get_peft_model`` does this itself): 4-bit weights
+    prepared for training, and activations recomputed in the backward pass when ``gradient_checkpointing``
+    (less memory, about a third more time)."""
+    from peft import prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # checkpointed LoRA layers need grads flowing from the inputs
+    return model
 
 
 def count_parameters(model) -> tuple[int, int]:

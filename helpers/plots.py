@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 
-from matplotlib.figure import Figure
-
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
              "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC",
              "Arial Unicode MS", "AR PL UMing CN")
@@ -208,8 +206,7 @@ def plot_open_scores(summaries: Mapping[str, Mapping], title: str = "Clinical ca
 
 def plot_length_histogram(lengths: dict[str, Sequence[int]], max_tokens: int, bins: int = 30):
     """Histogram of example lengths in tokens, one colour per group, with the length limit marked."""
-    fig = Figure(figsize=(7, 3.5))
-    ax = fig.subplots()
+    fig, ax = _figure(7, 3.5)  # through pyplot, which sets up the notebook's image display
     every = [n for values in lengths.values() for n in values]
     top = max([*every, max_tokens]) if every else max_tokens
     edges = [top * k / bins for k in range(bins + 1)]
@@ -220,24 +217,29 @@ def plot_length_histogram(lengths: dict[str, Sequence[int]], max_tokens: int, bi
     ax.set(title="Training example length (prompt + completion)", xlabel="length (tokens)",
            ylabel="examples")
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
-def plot_loss_curve(points: Sequence[tuple[int, float]], title: str = "SFT training loss"):
-    """Training loss against optimizer step, from ``helpers.training.loss_curve``."""
-    fig = Figure(figsize=(7, 3.5))
-    ax = fig.subplots()
-    if points:
-        steps, losses = zip(*points, strict=True)
-        ax.plot(steps, losses, marker="o", markersize=3)
+def plot_loss_curve(points: Sequence[tuple[int, float]], title: str = "SFT training loss",
+                    held_out: Sequence[tuple[int, float]] = ()):
+    """Training loss against optimizer step, from ``helpers.training.loss_curve``, and, when given, the
+    loss on held-out examples (``loss_curve(..., "eval_loss")``): where it stops falling while the
+    training loss goes on down, the model has begun to memorise its training set."""
+    fig, ax = _figure(7, 3.5)
+    curves = [(points, "training loss", "C0")] + ([(held_out, "held-out loss", "C1")] if held_out else [])
+    for curve, name, colour in curves:
+        if not curve:
+            continue
+        steps, losses = zip(*curve, strict=True)
+        ax.plot(steps, losses, marker="o", markersize=3, color=colour, label=name)
         ax.annotate(f"{losses[0]:.2f}", (steps[0], losses[0]), textcoords="offset points", xytext=(4, 4))
         ax.annotate(f"{losses[-1]:.2f}", (steps[-1], losses[-1]), textcoords="offset points", xytext=(4, 4))
-    else:
+    if not points:
         ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
+    elif held_out:
+        ax.legend()
     ax.set(title=title, xlabel="optimizer step", ylabel="cross-entropy loss (nats / token)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -371,14 +373,14 @@ def show_caption_comparison(images: Sequence, references: Sequence[str], before:
     return fig
 
 
-def plot_caption_scores(before: dict[str, float], after: dict[str, float],
-                        title: str = "Held-out reports: base vs SFT"):
-    """Side-by-side bars of each caption score (0 to 1) before and after fine-tuning."""
+def plot_before_after_scores(before: dict[str, float], after: dict[str, float],
+                             title: str = "Held-out reports: base vs SFT",
+                             labels: tuple[str, str] = ("base", "after SFT")):
+    """Side-by-side bars of each score (0 to 1) on the same held-out items, before and after fine-tuning."""
     names = list(before)
     fig, ax = _figure(6, 3.5)
     width = 0.38
-    for offset, (label, values) in zip((-width / 2, width / 2), (("base", before), ("after SFT", after)),
-                                       strict=True):
+    for offset, label, values in zip((-width / 2, width / 2), labels, (before, after), strict=True):
         bars = ax.bar([i + offset for i in range(len(names))], [values[n] for n in names], width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names])

@@ -2,7 +2,8 @@
 
 A profile sets every size knob of the course (models, precision, sequence length, LoRA rank,
 steps, sample counts) so that each notebook finishes within a class period on that hardware.
-Any value can be overridden: ``get_profile("t4", sft_steps=50)``.
+Any value can be overridden: ``get_profile("t4", sft_steps=50)``. A lesson notebook's knobs left at
+None take the profile's values through ``fill_knobs``.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class Profile:
     # GRPO (06)
     grpo_prompts: int
     grpo_steps: int
-    grpo_generations: int
-    grpo_max_completion: int
+    grpo_num_generations: int
+    grpo_max_completion_length: int
 
     def describe(self) -> dict[str, object]:
         """The profile as a plain dict, for display and for saving with a run."""
@@ -69,7 +70,7 @@ PROFILES: dict[str, Profile] = {
         sft_languages=("en",), sft_learning_rate=1e-3,
         sft_examples=64, sft_steps=40, sft_batch_size=4, sft_grad_accum=1,
         vl_examples=11, vl_steps=120, vl_batch_size=2,
-        grpo_prompts=16, grpo_steps=6, grpo_generations=4, grpo_max_completion=48,
+        grpo_prompts=16, grpo_steps=6, grpo_num_generations=4, grpo_max_completion_length=48,
     ),
     "t4": Profile(
         name="t4", hardware="≤16 GB, no bf16 (Colab T4, V100 16 GB)",
@@ -80,7 +81,7 @@ PROFILES: dict[str, Profile] = {
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
         sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4,
         vl_examples=400, vl_steps=100, vl_batch_size=2,
-        grpo_prompts=400, grpo_steps=100, grpo_generations=4, grpo_max_completion=512,
+        grpo_prompts=400, grpo_steps=100, grpo_num_generations=4, grpo_max_completion_length=512,
     ),
     "24gb": Profile(
         name="24gb", hardware="20–48 GB with bf16 (RTX 3090/4090, A10, L4, A6000)",
@@ -91,7 +92,7 @@ PROFILES: dict[str, Profile] = {
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
         sft_examples=5000, sft_steps=300, sft_batch_size=4, sft_grad_accum=4,
         vl_examples=1000, vl_steps=150, vl_batch_size=4,
-        grpo_prompts=1000, grpo_steps=150, grpo_generations=6, grpo_max_completion=768,
+        grpo_prompts=1000, grpo_steps=150, grpo_num_generations=6, grpo_max_completion_length=768,
     ),
     "80gb": Profile(
         name="80gb", hardware="≥48 GB with bf16 (A100/A800/H100/H800)",
@@ -102,7 +103,7 @@ PROFILES: dict[str, Profile] = {
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
         sft_examples=20000, sft_steps=500, sft_batch_size=8, sft_grad_accum=2,
         vl_examples=3000, vl_steps=300, vl_batch_size=8,
-        grpo_prompts=2000, grpo_steps=200, grpo_generations=8, grpo_max_completion=1024,
+        grpo_prompts=2000, grpo_steps=200, grpo_num_generations=8, grpo_max_completion_length=1024,
     ),
 }
 
@@ -136,3 +137,30 @@ def get_profile(name: str, **overrides: object) -> Profile:
             f"the settings are {', '.join(sorted(known - {'name'}))}."
         )
     return replace(PROFILES[name], **overrides)
+
+
+# The model each lesson trains; every other knob finds its profile field by name (see ``knob_field``).
+LESSON_MODELS = {"sft": "text_model", "vl": "vl_model", "grpo": "text_model"}
+
+
+def knob_field(lesson: str, knob: str) -> str | None:
+    """The profile field that supplies a lesson's knob: ``<lesson>_<knob>`` (STEPS in "sft" is
+    ``sft_steps``), else ``<knob>`` (LORA_R is ``lora_r``), MODEL the lesson's model; None when none does."""
+    if lesson not in LESSON_MODELS:
+        raise CourseError(f"Unknown lesson {lesson!r}: choose one of {', '.join(LESSON_MODELS)}.")
+    if knob == "MODEL":
+        return LESSON_MODELS[lesson]
+    names = {f.name for f in fields(Profile)} - {"name", "hardware"}
+    return next((field for field in (f"{lesson}_{knob.lower()}", knob.lower()) if field in names), None)
+
+
+def fill_knobs(namespace: dict, profile: Profile, lesson: str) -> dict[str, object]:
+    """Give every knob of ``namespace`` (a notebook's globals) that is None the profile's value for it.
+
+    Returns the knobs filled, with their values; knobs with no profile field stay None."""
+    filled = {}
+    for knob, value in list(namespace.items()):
+        field = knob_field(lesson, knob) if knob.isupper() and value is None else None
+        if field is not None:
+            namespace[knob] = filled[knob] = getattr(profile, field)
+    return filled

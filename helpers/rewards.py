@@ -1,37 +1,26 @@
-"""Reward functions for GRPO (06): small rules a learner can read, test and argue with.
+"""What the reward functions of 06 stand on: reading completions, and small tested parsing rules.
 
-Every reward has TRL's signature, ``fn(completions, **kwargs) -> list[float]``: one float per
-completion, where a completion is a plain string or a conversation (a list of message dicts). Dataset
-columns arrive as keyword arguments, one value per completion (``answer``, ``choices``, ``question``).
-Each reward is bounded, always finite, and never raises: a reward that crashes stops training, and
-a NaN poisons every advantage in its group. Bounds, one line each:
-
-    format_reward            0 … 1   one <think>…</think> block, then an answer
-    reasoning_steps_reward   0 … 1   distinct reasoning steps in the think block, capped at MAX_STEPS
-    accuracy_reward          0 … 1   the answer matches the gold answer (letter or short text)
-    length_reward           -1 … 0   too short to reason, or cut off at the token limit
-    teacher_reward           0 … 1   an LLM judge's grade (optional, off without a judge)
+06 defines its rewards in its own cells, each a few lines over the rules here: ``split_completion``
+(the think block and the answer), ``reasoning_steps``, ``final_answer`` and ``matches_answer`` (the
+open answer against the gold one); the exam letter is read by ``helpers.metrics.extract_choice``.
+``reward`` turns a function that scores one answer into a reward as TRL calls it,
+``fn(completions, **kwargs) -> list[float]``: one float per completion (a plain string or a
+conversation), dataset columns arriving as keyword arguments with one value per completion
+(``answer``, ``choices``, ``question``). Every reward made so is bounded, always finite, and never
+raises: a reward that crashes stops training, and a NaN poisons every advantage in its group.
+The optional teacher (an LLM judge) is here too, since it is a client, not a rule.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from helpers.metrics import extract_choice
-
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-MAX_STEPS = 3  # steps beyond this earn nothing: padding the think block with steps does not pay
 MIN_STEP_WORDS = 4  # a step needs this many words (or Chinese characters) to count
-BOUNDS = {
-    "format_reward": (0.0, 1.0),
-    "reasoning_steps_reward": (0.0, 1.0),
-    "accuracy_reward": (0.0, 1.0),
-    "length_reward": (-1.0, 0.0),
-    "teacher_reward": (0.0, 1.0),
-}
 
 # Common synonyms of gold answers that string matching would otherwise miss (keys are normalised).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -88,18 +77,31 @@ def _column(values: object, i: int) -> object:
     return values
 
 
-def _score_each(score: Callable[..., float], completions: object, bounds: tuple[float, float],
-                columns: Sequence[object] = (), fallback: float = 0.0) -> list[float]:
-    """``score(text, *row)`` for every completion, clamped to ``bounds``; any failure scores ``fallback``."""
-    low, high = bounds
-    out = []
-    for i, text in enumerate(_texts(completions)):
-        try:
-            value = float(score(text, *(_column(c, i) for c in columns)))
-        except Exception:  # a reward must never stop training: an unreadable case scores the fallback
-            value = fallback
-        out.append(min(high, max(low, value if math.isfinite(value) else fallback)))
-    return out
+def reward(low: float, high: float, fallback: float = 0.0):
+    """Turn ``score(text, **row) -> float``, which scores one answer, into a reward function as TRL
+    calls it: ``fn(completions, **columns) -> list[float]``.
+
+    ``row`` holds this completion's value of each column (``answer``, ``choices``, ``question``, TRL's
+    ``completion_ids``...). Each score is clamped to ``[low, high]``; one that raises or is not finite
+    scores ``fallback``. The reward keeps the function's name (TRL logs it), and has ``.bounds`` and
+    ``.score`` (the one-answer function, to try by hand)."""
+    def wrap(score: Callable[..., float]) -> Callable[..., list[float]]:
+        @functools.wraps(score)
+        def reward_function(completions, **columns) -> list[float]:
+            out = []
+            for i, text in enumerate(_texts(completions)):
+                row = {name: _column(values, i) for name, values in columns.items()}
+                try:
+                    value = float(score(text, **row))
+                except Exception:  # a reward must never stop training: an unreadable case scores the fallback
+                    value = fallback
+                out.append(min(high, max(low, value if math.isfinite(value) else fallback)))
+            return out
+
+        reward_function.bounds, reward_function.score = (low, high), score
+        return reward_function
+
+    return wrap
 
 
 def split_completion(text: str) -> tuple[str, str] | None:
@@ -120,23 +122,9 @@ def split_completion(text: str) -> tuple[str, str] | None:
     return think.strip(), answer.strip()
 
 
-def _has_content(text: str) -> bool:
+def has_content(text: str) -> bool:
+    """Whether ``text`` holds a letter, digit or character (not only spaces and punctuation)."""
     return any(c.isalnum() for c in text)
-
-
-# --- format ---------------------------------------------------------------------------------
-
-def score_format(text: str) -> float:
-    """The format score of one completion (``format_reward`` applies it to each)."""
-    parts = split_completion(text)
-    if parts is None or not _has_content(parts[0]):
-        return 0.0
-    return 1.0 if _has_content(parts[1]) else 0.5  # closed the block but never answered: half
-
-
-def format_reward(completions, **kwargs) -> list[float]:
-    """1 for one non-empty think block followed by an answer; 0.5 with no answer after it; else 0."""
-    return _score_each(score_format, completions, BOUNDS["format_reward"])
 
 
 # --- reasoning steps ------------------------------------------------------------------------
@@ -160,17 +148,6 @@ def reasoning_steps(think: str) -> list[str]:
             seen.add(key)
             steps.append(piece.strip())
     return steps
-
-
-def score_steps(text: str) -> float:
-    """The reasoning-steps score of one completion (``reasoning_steps_reward`` applies it to each)."""
-    parts = split_completion(text)  # unfinished reasoning (no closing tag) earns nothing
-    return min(len(reasoning_steps(parts[0])), MAX_STEPS) / MAX_STEPS if parts else 0.0
-
-
-def reasoning_steps_reward(completions, **kwargs) -> list[float]:
-    """The number of distinct reasoning steps in a closed think block, divided by MAX_STEPS, capped at 1."""
-    return _score_each(score_steps, completions, BOUNDS["reasoning_steps_reward"])
 
 
 # --- accuracy -------------------------------------------------------------------------------
@@ -198,7 +175,7 @@ def final_answer(text: str) -> str:
     cues = list(_ANSWER_CUE.finditer(answer))
     if cues:
         answer = answer[cues[-1].end():]
-    clauses = [c for c in _CLAUSE_END.split(answer) if _has_content(c)]
+    clauses = [c for c in _CLAUSE_END.split(answer) if has_content(c)]
     return clauses[0].strip() if clauses else ""
 
 
@@ -225,50 +202,11 @@ def matches_answer(said: str, gold: str) -> bool:
     return False
 
 
-def score_accuracy(text: str, gold: object, choices: object) -> float:
-    """1.0 when one completion answers ``gold`` (a letter when ``choices`` are given), else 0.0."""
-    if not isinstance(gold, str) or not gold.strip():
-        return 0.0
-    gold = gold.strip()
-    if isinstance(choices, str) and choices.strip():  # a multiple-choice question: compare letters
-        return float(extract_choice(text, choices) == gold.upper())
-    return float(matches_answer(final_answer(text), gold))
-
-
-def accuracy_reward(completions, answer=None, choices=None, **kwargs) -> list[float]:
-    """1 when the answer is right, else 0.
-
-    Multiple-choice rows (a ``choices`` column such as "ABCD") compare the letter the answer chooses,
-    read by ``helpers.metrics.extract_choice``; open rows compare the final answer with the gold text
-    after normalising case, punctuation, full-width characters and accents.
-    """
-    return _score_each(score_accuracy, completions, BOUNDS["accuracy_reward"], (answer, choices))
-
-
 # --- length ---------------------------------------------------------------------------------
 
 def count_tokens(text: str) -> int:
     """A rough token count for a text without token ids: words plus Chinese characters."""
     return len(re.findall(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+", text))
-
-
-def length_reward(completions, completion_ids=None, max_tokens: int = 512, min_tokens: int | None = None,
-                  **kwargs) -> list[float]:
-    """-1 when a completion ran to ``max_tokens`` (cut off, so it probably never answered); -0.5 when
-    it is shorter than ``min_tokens`` (default: a sixteenth of the limit, at least 4); else 0.
-
-    Token counts come from TRL's ``completion_ids`` when given, else from ``count_tokens``.
-    Bind the limit to the trainer's: ``functools.partial(length_reward, max_tokens=...)``.
-    """
-    floor = min_tokens if min_tokens is not None else max(4, int(max_tokens) // 16)
-
-    def score(text: str, ids: object) -> float:
-        n = len(ids) if isinstance(ids, list | tuple) else count_tokens(text)
-        if n >= max_tokens:
-            return -1.0
-        return -0.5 if n < floor else 0.0
-
-    return _score_each(score, completions, BOUNDS["length_reward"], (completion_ids,))
 
 
 # --- the teacher (an LLM judge) -------------------------------------------------------------
@@ -328,6 +266,9 @@ def teacher_reward(completions, answer=None, question=None, prompts=None, ask=No
     known = [g for g in grades if g is not None]
     fill = sum(known) / len(known) if known else 0.0
     return [g if g is not None else fill for g in grades]
+
+
+teacher_reward.bounds = (0.0, 1.0)
 
 
 # --- combining rewards ----------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Supervised fine-tuning (03): think blocks, the loss mask, checkpoints and resume, tracking, memory.
+"""What surrounds the trainers of 03, 05 and 06: processes, checkpoints and resume, saving, tracking.
 
-The notebook builds the LoRA config, the ``SFTConfig`` and the ``SFTTrainer`` in plain sight; this
-module holds what surrounds them: reading a think block out of generated text, showing which tokens
-the loss sees, resuming from the last checkpoint, choosing SwanLab or no tracking, reading the loss
-curve out of the log history, and what each way of fine-tuning costs in memory.
+The notebooks build the LoRA config, the ``SFTConfig``/``GRPOConfig`` and the trainers in their own
+cells; this module holds the plumbing around them: how many processes train and which one saves,
+reading a think block out of generated text, showing which tokens the loss sees, resuming from the
+last checkpoint, saving what trained, choosing SwanLab or no tracking, reading the loss curves out of
+the log history, and what each way of fine-tuning costs in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,58 @@ from pathlib import Path
 from helpers.errors import CourseError, OutOfMemory, free_gpu_memory, is_out_of_memory
 from helpers.runs import write_json
 from helpers.secrets import read_secret
+
+# --- processes ------------------------------------------------------------------------------
+
+def world_size() -> int:
+    """How many processes train together (``accelerate launch`` and ``torchrun`` set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in the one process that prints and saves (rank 0), and when there is only one."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def optimizer_name(on_gpu: bool) -> str:
+    """AdamW with 8-bit moments on a GPU (a quarter of the memory); plain AdamW on a CPU and under FSDP,
+    which shards the optimizer itself and cannot gather bitsandbytes' 8-bit state into a checkpoint."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return "adamw_8bit" if on_gpu and not fsdp else "adamw_torch"
+
+
+def launch_command(lesson: str, knobs: Path) -> str:
+    """The ``accelerate launch`` line that trains a knob file on this machine's GPUs, or, with fewer than
+    two here, on a machine with two."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    where = f"this machine's {gpus} GPUs" if gpus > 1 else f"a machine with 2 GPUs (this one has {gpus})"
+    return (f"From a terminal in the course folder, on {where}:\n"
+            f"  accelerate launch --num_processes {max(gpus, 2)} -m helpers.train {lesson} --config {knobs}")
+
+
+def save_trained(trainer, tokenizer, path: str | Path) -> Path:
+    """Save what the trainer trained (the adapter, or the whole model after full fine-tuning) to ``path``.
+
+    One process saves; under FSDP the weights are sharded across the processes, so every process
+    takes part in gathering them (a save on the first process alone would wait for the others forever).
+    """
+    from helpers.models import save_adapter
+
+    path = Path(path)
+    if trainer.is_fsdp_enabled:
+        trainer.save_model(str(path))  # with FULL_STATE_DICT (configs/accelerate/fsdp.yaml): one whole copy
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(path)
+    elif trainer.accelerator.is_main_process:
+        model = trainer.model
+        if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen KL reference: not part of the result
+            model.delete_adapter("ref")
+        save_adapter(model, tokenizer, path)
+    trainer.accelerator.wait_for_everyone()
+    return path
+
 
 # --- think blocks -----------------------------------------------------------------------------
 
@@ -274,10 +327,11 @@ def fp32_adapters_for_fp16(trainer) -> int:
 
 # --- the log history --------------------------------------------------------------------------
 
-def loss_curve(log_history: list[dict]) -> list[tuple[int, float]]:
-    """(step, training loss) pairs from ``trainer.state.log_history``, in step order."""
-    points = {int(entry["step"]): float(entry["loss"]) for entry in log_history
-              if "loss" in entry and "step" in entry}
+def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
+    """(step, loss) pairs from ``trainer.state.log_history``, in step order: the training loss, or
+    with ``key="eval_loss"`` the loss on the evaluation set."""
+    points = {int(entry["step"]): float(entry[key]) for entry in log_history
+              if key in entry and "step" in entry}
     return sorted(points.items())
 
 

@@ -66,6 +66,20 @@ def embedded():
     return load_text_model("embedded")
 
 
+@pytest.fixture(scope="module")
+def notebook_rewards() -> dict:
+    """The reward functions of 06, as its cells tagged "rewards" define them: a namespace holding
+    ``format_reward``, ``reasoning_steps_reward``, ``accuracy_reward``, ``length_reward``, ``my_reward``
+    and the knobs they read (``MAX_STEPS``, ``MAX_COMPLETION_LENGTH``, 48 here).
+
+    The functions' globals are this dict, so a test changes a knob with
+    ``monkeypatch.setitem(notebook_rewards, "MAX_COMPLETION_LENGTH", 64)`` and the rewards follow it
+    (monkeypatch restores it for the module's other tests)."""
+    from helpers import notebook
+
+    return notebook.run_recipe("grpo", {"MAX_COMPLETION_LENGTH": 48}, tag="rewards")
+
+
 # Set while the course runs, so that a test can check that no key ends up in any output.
 FAKE_KEYS = {"SWANLAB_API_KEY": "swanlab-fake-key-3f9a2c7e", "JUDGE_API_KEY": "sk-fake-judge-key-81d4b6",
              "HF_TOKEN": "hf_fakeTokenForTheCourseTests42"}

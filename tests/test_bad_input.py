@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import datasets, metrics, rewards
+from helpers import datasets, metrics
 from helpers.datasets import DATA_DIR, read_records
 
 MB = "病" * 1_000_000
@@ -188,14 +188,14 @@ def test_vl_rows_bad_images_and_reports_are_counted_and_good_ones_kept(tmp_path)
 # --- metric extractors and rewards on huge and odd text ------------------------------------------
 
 @pytest.mark.parametrize("text", [MB, ODD * 1000, "\x00" * 10_000, "答案：" + "B" * 100_000, ""])
-def test_extractors_and_rewards_take_huge_and_odd_text_without_raising(text):
+def test_extractors_and_rewards_take_huge_and_odd_text_without_raising(text, notebook_rewards):
     assert metrics.extract_choice(text) in (None, *"ABCDE")
     assert isinstance(metrics.strip_think(text), str)
     completions = [[{"role": "assistant", "content": text}]]
-    for reward in (rewards.format_reward, rewards.reasoning_steps_reward):
-        [score] = reward(completions)
+    for name in ("format_reward", "reasoning_steps_reward", "length_reward"):  # 06's own rewards
+        [score] = notebook_rewards[name](completions)
         assert isinstance(score, float)
-    [score] = rewards.accuracy_reward(completions, answer=["B"], choices=["ABCD"])
+    [score] = notebook_rewards["accuracy_reward"](completions, answer=["B"], choices=["ABCD"])
     assert isinstance(score, float)
 
 

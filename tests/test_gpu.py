@@ -1,8 +1,9 @@
 """The course's GPU paths end to end: `pytest -m gpu tests/test_gpu.py` on a CUDA machine (skipped elsewhere).
 
 unsloth load + LoRA + SFT steps (text and vision-language), GRPO steps, batched evaluation generation and
-the demo's adapter switching, each through the course's own helpers (the steps of 03 and 06 are those of
-helpers/recipes.py), a few steps each.
+the demo's adapter switching, each through the course's own code (03's and 06's training is their
+notebooks' own recipe cells, run by helpers.notebook.run_recipe as `python -m helpers.train` runs them),
+a few steps each.
 
 Models: real checkpoints where present (COURSE_GPU_TEXT_MODEL / COURSE_GPU_VL_MODEL, a folder or a hub id in
 the local Hugging Face cache), else random-initialised models of the real Qwen3-1.7B and Qwen3-VL-2B shapes
@@ -123,31 +124,35 @@ def test_unsloth_loads_the_text_model_and_takes_its_lora_adapters(text_model):
     assert 0 < trainable < 0.05 * total
 
 
-def test_sft_steps_as_03_train_the_adapters_and_lower_the_loss(text_model, tmp_path):
-    from helpers import recipes, training
+def test_sft_recipe_of_03_trains_the_adapters_and_lowers_the_loss(text_model, tmp_path, monkeypatch):
+    from helpers import notebook
     from helpers.models import load_adapter, load_text_model
-    from helpers.profiles import get_profile
 
-    # 03's steps (helpers/recipes.py), six of them on one sample repeated: every batch is the same,
-    # so the loss has to fall if training works.
-    profile = get_profile("80gb" if ON_GPU else "cpu", sft_batch_size=2, sft_grad_accum=1)
-    plan = recipes.plan_sft(profile, model=text_model, examples=1, held_out=0, max_seq_length=1024, steps=6,
-                            save_every=100, tracking="none", backend=_backend())
-    _, _, examples = recipes.load_sft_examples(plan)
-    model, tokenizer = recipes.load_sft_model(plan)
-    assert model.course_backend == _backend()
-    rows, _, _ = recipes.sft_rows(tokenizer, examples * 16, plan.max_seq_length)
-    model = recipes.prepare_sft_model(plan, model)
-    before = _adapter_weights(model)
-    trainer = recipes.sft_trainer(plan, model, tokenizer, rows, tmp_path)
-    training.train(trainer)
-    losses = _losses(trainer)
+    # 03's own recipe cells, six steps on one sample repeated: every batch is the same, so the loss has
+    # to fall if training works; two held-out questions give a held-out loss every third step.
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    knobs = {"PROFILE": "80gb" if ON_GPU else "cpu", "RUN_NAME": "sft", "MODEL": text_model, "EXAMPLES": 1,
+             "HELD_OUT": 2, "MAX_SEQ_LENGTH": 1024, "STEPS": 6, "SAVE_EVERY": 100, "EVAL_EVERY": 3,
+             "BATCH_SIZE": 2, "GRAD_ACCUM": 1, "TRACKING": "none", "BACKEND": _backend()}
+    seen: dict = {}
+
+    def one_sample_repeated(ns: dict) -> None:
+        if "train_examples" in ns and "repeated" not in seen:
+            ns["train_examples"], seen["repeated"] = ns["train_examples"][:1] * 16, True
+        if hasattr(ns.get("model"), "peft_config") and "trainer" not in ns and "before" not in seen:
+            seen["before"] = _adapter_weights(ns["model"])  # the adapters as the LoRA cell made them
+
+    ns = notebook.run_recipe("sft", knobs, after_cell=one_sample_repeated)
+    assert ns["backend"] == _backend()
+    losses = _losses(ns["trainer"])
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
-    assert _changed(before, _adapter_weights(model)) > 0
-    path = recipes.save_sft_result(plan, model, tokenizer, tmp_path)
+    held_out = [e["eval_loss"] for e in ns["trainer"].state.log_history if "eval_loss" in e]
+    assert len(held_out) == 2 and all(math.isfinite(loss) for loss in held_out)
+    assert _changed(seen["before"], _adapter_weights(ns["model"])) > 0
+    path = ns["saved"]
     assert (path / "adapter_config.json").is_file() and any(path.glob("adapter_model.*"))
-    del model, trainer
+    del ns
     gc.collect()
     base, _ = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
     reloaded = load_adapter(base, path)
@@ -192,36 +197,39 @@ def test_vl_sft_steps_as_05_train_the_adapters_and_the_model_still_captions(vl_m
 
 # --- GRPO as in 06 -----------------------------------------------------------------------------------
 
-def test_grpo_steps_as_06_score_groups_and_move_the_adapters(text_model, tmp_path):
-    from helpers import grpo, recipes, training
-    from helpers.profiles import get_profile
+def test_grpo_recipe_of_06_scores_groups_and_moves_the_adapters(text_model, tmp_path, monkeypatch):
+    from helpers import notebook
 
-    # 06's steps (helpers/recipes.py): two steps of one question, four answers of 24 tokens each.
-    profile = get_profile("80gb" if ON_GPU else "cpu")
-    plan = recipes.plan_grpo(profile, model=text_model, from_sft=False, offline=True, prompts=4,
-                             check_prompts=0, steps=2, num_generations=4, max_completion_length=24,
-                             learning_rate=1e-4, lora_r=16, lora_alpha=16, sample_every=1)
-    train_items, _, _ = recipes.load_grpo_items(plan, tmp_path)
-    model, tokenizer, started_from = recipes.load_grpo_policy(plan, tmp_path)
-    assert "fresh LoRA adapters" in started_from
-    before = _adapter_weights(model)
+    # 06's own recipe cells: two steps of one question, four answers of 24 tokens each.
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    knobs = {"PROFILE": "80gb" if ON_GPU else "cpu", "RUN_NAME": "grpo", "MODEL": text_model,
+             "FROM_SFT": False, "OFFLINE": True, "PROMPTS": 4, "CHECK_PROMPTS": 0, "STEPS": 2,
+             "NUM_GENERATIONS": 4, "MAX_COMPLETION_LENGTH": 24, "LEARNING_RATE": 1e-4, "LORA_R": 16,
+             "LORA_ALPHA": 16, "SAMPLE_EVERY": 1}
+    seen: dict = {}
 
     def distinct_characters(completions, **kwargs) -> list[float]:
         # A random model earns every rule reward the same 0: this one differs within a group, so the
         # advantages (and the gradient) are not all zero.
         return [len(set(c)) / 50 for c in completions]
 
-    reward_funcs, weights = recipes.grpo_rewards(plan)
-    reward_funcs, weights = [*reward_funcs, distinct_characters], {**weights, "distinct_characters": 1.0}
-    rows = [recipes.grpo_row(plan, tokenizer, item) for item in train_items]
-    trainer = recipes.grpo_trainer(plan, model, tokenizer, rows, tmp_path, reward_funcs, weights)
-    watcher = grpo.watch_training(trainer, sample_every=plan.sample_every, group_size=plan.num_generations)
-    training.train(trainer, knobs=training.GRPO_KNOBS)
+    def add_reward_and_watch(ns: dict) -> None:
+        if "reward_funcs" in ns and "added" not in seen:  # as a learner's own reward joins the list
+            ns["reward_funcs"].append(distinct_characters)
+            ns["weights"]["distinct_characters"] = 1.0
+            seen["added"] = True
+        if "started_from" in ns and "before" not in seen:
+            assert "fresh LoRA adapters" in ns["started_from"]
+            seen["before"] = _adapter_weights(ns["model"])
+
+    ns = notebook.run_recipe("grpo", knobs, after_cell=add_reward_and_watch)
+    trainer = ns["trainer"]
     logged = [e for e in trainer.state.log_history if "reward" in e]
     assert len(logged) == 2 and all(math.isfinite(e["reward"]) for e in logged)
     assert all(e["completions/mean_length"] > 0 for e in logged)
-    assert watcher.rows and all(row["completion"] is not None for row in watcher.rows)
-    assert _changed(before, _adapter_weights(model)) > 0
+    assert ns["watcher"].rows and all(row["completion"] is not None for row in ns["watcher"].rows)
+    assert _changed(seen["before"], _adapter_weights(ns["model"])) > 0
+    assert (ns["saved"] / "adapter_config.json").is_file()
 
 
 # --- evaluation generation as in 02 and 04 -----------------------------------------------------------

@@ -1,10 +1,9 @@
-import functools
 import json
 
 import pytest
 import torch
 
-from helpers import CourseError, grpo, rewards
+from helpers import CourseError, grpo, training
 from helpers.models import add_lora, load_text_model, save_adapter
 from helpers.profiles import get_profile
 
@@ -82,14 +81,16 @@ def test_reward_history_keeps_the_steps_that_logged_rewards():
     assert grpo.reward_history([{"step": 1, "train_runtime": 3.0}]).empty
 
 
-def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp_path, capsys):
+def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp_path, capsys,
+                                                                            notebook_rewards, monkeypatch):
     from datasets import Dataset
+    from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
     model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
     rows = [{"prompt": PROMPT, "answer": "Naloxone", "choices": "", "question": "Which drug?"}] * 2
-    funcs = [rewards.format_reward, rewards.accuracy_reward,
-             functools.partial(rewards.length_reward, max_tokens=6)]
+    monkeypatch.setitem(notebook_rewards, "MAX_COMPLETION_LENGTH", 6)  # as 06 sets it: the trainer's limit
+    funcs = [notebook_rewards[name] for name in ("format_reward", "accuracy_reward", "length_reward")]
     args = GRPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
                       num_generations=2, max_completion_length=6, beta=0.04, bf16=False,
                       gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
@@ -108,13 +109,26 @@ def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp
     assert list(history.index) == [1, 2] and {"reward", "kl", "format_reward"} <= set(history.columns)
 
     assert "ref" in model.peft_config  # TRL's frozen copy of the starting adapter, the KL reference
-    saved = grpo.save_grpo_adapter(model, tokenizer, tmp_path / grpo.GRPO_ADAPTER)
+    saved = training.save_trained(trainer, tokenizer, tmp_path / grpo.GRPO_ADAPTER)
+    assert saved == tmp_path / grpo.GRPO_ADAPTER
     assert (saved / "adapter_config.json").is_file() and not (saved / "ref").exists()
+    assert "ref" not in model.peft_config and list(model.peft_config) == ["default"]
+
+    # What was saved is the trained adapter: it loads onto a fresh base model and gives the same weights.
+    loaded = PeftModel.from_pretrained(load_text_model("embedded")[0], saved)
+    trained = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    again = {n: p for n, p in loaded.named_parameters() if "lora_" in n}
+    assert trained and trained.keys() == again.keys()
+    assert all(torch.equal(trained[n].detach().cpu(), again[n].detach().cpu()) for n in trained)
+    model.eval()
+    loaded.eval()
+    assert torch.allclose(_logits(loaded, tokenizer), _logits(model, tokenizer), atol=1e-5)
 
 
-def test_score_policy_scores_greedy_completions_with_every_reward(embedded):
+def test_score_policy_scores_greedy_completions_with_every_reward(embedded, notebook_rewards, monkeypatch):
     model, tokenizer = embedded
-    funcs = [rewards.format_reward, functools.partial(rewards.length_reward, max_tokens=8)]
+    monkeypatch.setitem(notebook_rewards, "MAX_COMPLETION_LENGTH", 8)  # the limit of max_new_tokens below
+    funcs = [notebook_rewards["format_reward"], notebook_rewards["length_reward"]]
     means, texts = grpo.score_policy(model, tokenizer, [PROMPT, PROMPT], {"answer": ["Naloxone"] * 2}, funcs,
                                      {"format_reward": 0.5, "length_reward": 0.5}, max_new_tokens=8)
     assert texts[0] == texts[1] and texts[0]  # greedy: the same prompt gives the same completion
@@ -124,12 +138,10 @@ def test_score_policy_scores_greedy_completions_with_every_reward(embedded):
     assert means["total"] == pytest.approx(0.5 * means["format_reward"] - 0.5)
 
 
-def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
+def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, capsys, notebook_rewards):
     from callbacks import StepCounter
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-
-    from helpers import training
 
     def trainer(callback) -> GRPOTrainer:  # what rerunning 06 builds: a fresh policy and trainer
         model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
@@ -138,7 +150,7 @@ def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, caps
                           per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
                           bf16=False, gradient_checkpointing=False, logging_steps=1, save_steps=2,
                           report_to="none", seed=0)
-        return GRPOTrainer(model=model, args=args, reward_funcs=[rewards.format_reward],
+        return GRPOTrainer(model=model, args=args, reward_funcs=[notebook_rewards["format_reward"]],
                            train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                            callbacks=[callback])
 
@@ -158,9 +170,6 @@ def test_a_grpo_run_from_the_sft_adapter_resumes_with_its_trained_adapter(tmp_pa
     adapter at the top level must still be the one a rerun (or a resume) goes on from."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-
-    from helpers import training
-    from helpers.models import save_adapter
 
     def longer_is_better(completions, **kwargs) -> list[float]:  # differs within a group: it trains
         return [len(c) / 10 for c in completions]

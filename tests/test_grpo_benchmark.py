@@ -13,8 +13,8 @@ def bench():
 
 def test_a_setting_is_the_profile_grpo_shape(bench):
     t4 = bench.setting("t4")
-    assert t4["generations"] == PROFILES["t4"].grpo_generations
-    assert t4["completion"] == PROFILES["t4"].grpo_max_completion
+    assert t4["generations"] == PROFILES["t4"].grpo_num_generations
+    assert t4["completion"] == PROFILES["t4"].grpo_max_completion_length
     assert t4["load_in_4bit"] and t4["dtype"] == "float16" and t4["seq"] > t4["completion"]
     assert bench.setting("80gb", generations=2, completion=16)["generations"] == 2
 

@@ -1,6 +1,7 @@
 """Notebook hygiene, and every notebook executed in the cpu profile through the course runner."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,26 @@ def test_the_whole_course_runs_in_the_cpu_profile(cpu_course):
     assert env_metrics["profile"] == "cpu" and env_metrics["backend"] == "transformers"
     assert env_metrics["smoke_tokens_per_s"] > 0
     assert cpu_course.repo_changes == []  # everything went to the run dir: the repository is as it was
+
+
+PLOT_CALL = re.compile(r"^\s*plots\.(?:plot|show)_\w+\(", re.MULTILINE)
+
+
+@pytest.mark.notebooks
+def test_every_plot_of_every_notebook_renders_as_an_image(cpu_course):
+    assert cpu_course.returncode == 0, cpu_course.log
+    images_in: dict[str, int] = {}
+    for path in sorted((cpu_course.run / "executed").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        images_in[path.stem] = 0
+        for cell in (c for c in nb.cells if c.cell_type == "code"):
+            images = sum("image/png" in output.get("data", {}) for output in cell.outputs)
+            images_in[path.stem] += images
+            unrendered = [o for o in cell.outputs
+                          if "<Figure size" in "".join(o.get("data", {}).get("text/plain", ""))
+                          and "image/png" not in o.get("data", {})]
+            assert not unrendered, f"{path.name}: a figure printed as text: {cell.source[:80]}"
+            if PLOT_CALL.search(cell.source):  # a cell that draws must show what it drew
+                assert images, f"{path.name}: no image from {cell.source[:80]}"
+    # 03: the length histogram, training against held-out loss, and more
+    assert images_in["03_sft_llm"] >= 3, images_in

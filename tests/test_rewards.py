@@ -7,17 +7,14 @@ from hypothesis import strategies as st
 
 from helpers import rewards
 from helpers.rewards import (
-    accuracy_reward,
     completion_text,
     final_answer,
-    format_reward,
-    length_reward,
     matches_answer,
     mix_weights,
     normalise,
     parse_grade,
     reasoning_steps,
-    reasoning_steps_reward,
+    reward,
     reward_name,
     score_completions,
     split_completion,
@@ -32,6 +29,63 @@ def chat(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
+# The four rule rewards are defined by 06 itself (its cells tagged "rewards"); `notebook_rewards`
+# (conftest.py) is that namespace, loaded once for this module with MAX_COMPLETION_LENGTH = 48.
+
+@pytest.fixture(scope="module")
+def format_reward(notebook_rewards):
+    return notebook_rewards["format_reward"]
+
+
+@pytest.fixture(scope="module")
+def reasoning_steps_reward(notebook_rewards):
+    return notebook_rewards["reasoning_steps_reward"]
+
+
+@pytest.fixture(scope="module")
+def accuracy_reward(notebook_rewards):
+    return notebook_rewards["accuracy_reward"]
+
+
+@pytest.fixture(scope="module")
+def length_reward(notebook_rewards):
+    return notebook_rewards["length_reward"]
+
+
+def limit(monkeypatch, notebook_rewards, tokens: int) -> None:
+    """Set 06's MAX_COMPLETION_LENGTH for one test: the length reward reads it from the namespace."""
+    monkeypatch.setitem(notebook_rewards, "MAX_COMPLETION_LENGTH", tokens)
+
+
+# --- the reward decorator -----------------------------------------------------------------
+
+def test_the_reward_decorator_clamps_catches_and_keeps_the_name_bounds_and_score():
+    @reward(low=-1.0, high=1.0, fallback=0.25)
+    def shaky(text, **row):
+        """Reads the completion as a number."""
+        if text == "nan":
+            return math.nan
+        return float(text)  # "raise" raises ValueError
+
+    scores = shaky(["0.5", "5", "-3", "raise", "nan", "inf", "-inf"])
+    assert scores == [0.5, 1.0, -1.0, 0.25, 0.25, 0.25, 0.25]  # clamped; a failure or NaN: the fallback
+    assert shaky([chat("0.5")]) == [0.5] and shaky([]) == []
+    assert shaky.__name__ == "shaky" and reward_name(shaky) == "shaky"  # TRL logs rewards by __name__
+    assert shaky.__doc__ == "Reads the completion as a number."
+    assert shaky.bounds == (-1.0, 1.0)
+    assert shaky.score("5") == 5.0  # the one-answer function itself, unclamped
+
+    @reward(low=0.0, high=1.0)
+    def echo(text, answer=None, **row):
+        return {"yes": 1.0, "too much": 2.0, "oops": None}[answer]
+
+    # Each completion gets its own row of every column; a scalar column is every row's; a short column
+    # gives None; the default fallback is 0, and a score is clamped even when it comes from the fallback.
+    assert echo(["a", "b", "c", "d"], answer=["yes", "too much", "oops"]) == [1.0, 1.0, 0.0, 0.0]
+    assert echo(["a", "b"], answer="yes") == [1.0, 1.0]
+    assert reward(0.5, 1.0, fallback=-3.0)(lambda text, **row: 1 / 0)(["a"]) == [0.5]
+
+
 # --- reading completions ------------------------------------------------------------------
 
 def test_completion_text_reads_strings_and_conversations():
@@ -44,8 +98,11 @@ def test_completion_text_reads_strings_and_conversations():
     assert completion_text(None) == "" and completion_text(42) == ""
 
 
-def test_every_reward_scores_conversations_like_strings():
-    for fn in (format_reward, reasoning_steps_reward, functools.partial(length_reward, max_tokens=64)):
+def test_every_reward_scores_conversations_like_strings(format_reward, reasoning_steps_reward,
+                                                       accuracy_reward, length_reward, notebook_rewards,
+                                                       monkeypatch):
+    limit(monkeypatch, notebook_rewards, 64)
+    for fn in (format_reward, reasoning_steps_reward, length_reward):
         assert fn([chat(GOOD)]) == fn([GOOD])
     assert accuracy_reward([chat(GOOD)], answer=["Iron deficiency anemia"]) == [1.0]
 
@@ -78,7 +135,7 @@ def test_split_completion(text, expected):
     ("<think>a</think>b<think>c</think>d", 0.0),
     ("", 0.0),
 ])
-def test_format_reward(text, expected):
+def test_format_reward(format_reward, text, expected):
     assert format_reward([text]) == [expected]
 
 
@@ -92,23 +149,28 @@ def test_steps_are_sentences_or_lines_with_enough_words_and_counted_once():
     assert reasoning_steps("The dose is 6.5 mg per kg today") == ["The dose is 6.5 mg per kg today"]
 
 
-def test_reasoning_steps_reward_grows_with_steps_and_is_capped():
+def test_reasoning_steps_reward_grows_with_steps_and_is_capped(reasoning_steps_reward, notebook_rewards,
+                                                               monkeypatch):
     def block(n: int) -> str:
         words = ("one", "two", "three", "four", "five")
         sentences = [f"Finding number {w} points somewhere new." for w in words]
         return "<think>" + " ".join(sentences[:n]) + "</think>Answer"
 
+    assert notebook_rewards["MAX_STEPS"] == 3
     scores = [reasoning_steps_reward([block(n)])[0] for n in range(6)]
     assert scores == pytest.approx([0, 1 / 3, 2 / 3, 1, 1, 1])
+    monkeypatch.setitem(notebook_rewards, "MAX_STEPS", 2)  # the notebook's constant sets the cap
+    scores = [reasoning_steps_reward([block(n)])[0] for n in range(6)]
+    assert scores == pytest.approx([0, 1 / 2, 1, 1, 1, 1])
 
 
-def test_padding_with_repeated_steps_does_not_pay():
+def test_padding_with_repeated_steps_does_not_pay(reasoning_steps_reward):
     padded = "<think>" + "Consider the heart rate here. " * 20 + "</think>Answer"
     assert reasoning_steps_reward([padded]) == pytest.approx([1 / 3])
     assert reasoning_steps_reward(["<think>1. 2. 3. 4. 5. 6.</think>Answer"]) == [0.0]
 
 
-def test_unfinished_reasoning_earns_no_steps():
+def test_unfinished_reasoning_earns_no_steps(reasoning_steps_reward):
     assert reasoning_steps_reward(["<think>First step is long enough. Second step is long enough."]) == [0.0]
 
 
@@ -155,7 +217,7 @@ def test_matches_answer(said, gold, expected):
     assert matches_answer(said, gold) is expected
 
 
-def test_accuracy_reward_on_open_and_multiple_choice_rows():
+def test_accuracy_reward_on_open_and_multiple_choice_rows(accuracy_reward):
     completions = [
         "<think>Pinpoint pupils and slow breathing after heroin.</think>Naloxone",
         "<think>Opioid overdose.</think>Flumazenil",
@@ -168,11 +230,11 @@ def test_accuracy_reward_on_open_and_multiple_choice_rows():
     assert scores == [1.0, 0.0, 1.0, 0.0, 1.0]
 
 
-def test_accuracy_reads_the_letter_after_the_think_block_only():
+def test_accuracy_reads_the_letter_after_the_think_block_only(accuracy_reward):
     assert accuracy_reward(["<think>The answer is C.</think>"], answer=["C"], choices=["ABCD"]) == [0.0]
 
 
-def test_accuracy_without_a_gold_answer_is_zero():
+def test_accuracy_without_a_gold_answer_is_zero(accuracy_reward):
     assert accuracy_reward([GOOD, GOOD, GOOD], answer=[None, "", 3]) == [0.0, 0.0, 0.0]
     assert accuracy_reward([GOOD]) == [0.0]
     assert accuracy_reward([GOOD, GOOD], answer=["Iron deficiency anemia"]) == [1.0, 0.0]  # short column
@@ -180,21 +242,32 @@ def test_accuracy_without_a_gold_answer_is_zero():
 
 # --- length -------------------------------------------------------------------------------
 
-def test_length_reward_uses_token_ids_when_given():
+def test_length_reward_uses_token_ids_when_given(length_reward, notebook_rewards, monkeypatch):
+    limit(monkeypatch, notebook_rewards, 64)
     ids = [[1] * 3, [1] * 20, [1] * 63, [1] * 64]  # the floor is max(4, 64 // 16) = 4
-    assert length_reward(["x"] * 4, completion_ids=ids, max_tokens=64) == [-0.5, 0.0, 0.0, -1.0]
-    assert length_reward(["x"], completion_ids=[[1] * 5], max_tokens=64, min_tokens=2) == [0.0]
+    assert length_reward(["x"] * 4, completion_ids=ids) == [-0.5, 0.0, 0.0, -1.0]
+    assert length_reward(["word " * 70], completion_ids=[[1] * 5]) == [0.0]  # the ids, not the words
+    limit(monkeypatch, notebook_rewards, 128)  # the floor is a sixteenth of the limit: 8
+    assert length_reward(["x"] * 2, completion_ids=[[1] * 7, [1] * 8]) == [-0.5, 0.0]
+    limit(monkeypatch, notebook_rewards, 32)  # ... and never below 4
+    assert length_reward(["x"] * 2, completion_ids=[[1] * 3, [1] * 4]) == [-0.5, 0.0]
 
 
-def test_length_reward_counts_words_and_chinese_characters_without_ids():
+def test_length_reward_counts_words_and_chinese_characters_without_ids(length_reward, notebook_rewards,
+                                                                       monkeypatch):
     assert rewards.count_tokens("Iron deficiency anemia, 缺铁性贫血") == 8
-    assert length_reward(["one two", "word " * 10, "word " * 48], max_tokens=48) == [-0.5, 0.0, -1.0]
+    limit(monkeypatch, notebook_rewards, 48)
+    assert length_reward(["one two", "word " * 10, "word " * 48]) == [-0.5, 0.0, -1.0]
 
 
-def test_length_reward_binds_to_the_trainer_limit_and_keeps_its_name():
-    bound = functools.partial(length_reward, max_tokens=8)
-    assert reward_name(bound) == "length_reward"
-    assert bound(["a b c d e f g h i"]) == [-1.0]
+def test_length_reward_follows_the_notebook_limit_and_keeps_its_name(length_reward, notebook_rewards,
+                                                                     monkeypatch):
+    assert length_reward.__name__ == reward_name(length_reward) == "length_reward"  # TRL logs it so
+    assert length_reward.bounds == (-1.0, 0.0)
+    limit(monkeypatch, notebook_rewards, 8)  # what the trainer's max_completion_length is set from
+    assert length_reward(["a b c d e f g h i"]) == [-1.0]
+    limit(monkeypatch, notebook_rewards, 64)
+    assert length_reward(["a b c d e f g h i"]) == [0.0]
 
 
 # --- teacher ------------------------------------------------------------------------------
@@ -256,8 +329,11 @@ def test_mix_weights_splits_rules_and_teacher():
         mix_weights({"format_reward": 0})
 
 
-def test_score_completions_gives_each_reward_and_the_weighted_total():
-    funcs = [format_reward, accuracy_reward, functools.partial(length_reward, max_tokens=100)]
+def test_score_completions_gives_each_reward_and_the_weighted_total(format_reward, accuracy_reward,
+                                                                    length_reward, notebook_rewards,
+                                                                    monkeypatch):
+    limit(monkeypatch, notebook_rewards, 100)
+    funcs = [format_reward, accuracy_reward, length_reward]
     weights = {"format_reward": 0.25, "accuracy_reward": 0.5, "length_reward": 0.25}
     rows = score_completions([GOOD, "Anemia"], funcs, weights, answer=["Iron deficiency anemia"] * 2)
     assert rows[0] == {"format_reward": 1.0, "accuracy_reward": 1.0, "length_reward": 0.0, "total": 0.75}
@@ -276,37 +352,51 @@ MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["assistant", "user", "
 COMPLETION = st.one_of(TEXT, st.lists(MESSAGE, max_size=3), st.none(), st.integers(), st.floats(),
                        st.dictionaries(st.text(max_size=5), TEXT, max_size=2))
 COLUMN = st.one_of(st.none(), TEXT, st.lists(st.one_of(TEXT, st.none(), st.integers()), max_size=6))
-REWARDS = {
-    "format_reward": format_reward,
-    "reasoning_steps_reward": reasoning_steps_reward,
-    "accuracy_reward": accuracy_reward,
-    "length_reward": length_reward,
-    "teacher_reward": functools.partial(teacher_reward, ask=lambda prompt: prompt[-3:]),
+BOUNDS = {  # what each reward promises, as the notebook and the teacher declare it
+    "format_reward": (0.0, 1.0),
+    "reasoning_steps_reward": (0.0, 1.0),
+    "accuracy_reward": (0.0, 1.0),
+    "length_reward": (-1.0, 0.0),
+    "teacher_reward": (0.0, 1.0),
 }
 
 
-@pytest.mark.parametrize("name", REWARDS)
+def _reward_named(notebook_rewards: dict, name: str):
+    """(the reward, its bounds): 06's rule rewards, and the teacher with a judge that cannot be trusted."""
+    if name == "teacher_reward":
+        return functools.partial(teacher_reward, ask=lambda prompt: prompt[-3:]), teacher_reward.bounds
+    return notebook_rewards[name], notebook_rewards[name].bounds
+
+
+@pytest.mark.parametrize("name", BOUNDS)
+def test_each_reward_declares_its_bounds(name, notebook_rewards):
+    assert _reward_named(notebook_rewards, name)[1] == BOUNDS[name]
+
+
+@pytest.mark.parametrize("name", BOUNDS)
 @settings(max_examples=150, deadline=None)
 @given(completions=st.lists(COMPLETION, max_size=6), answer=COLUMN, choices=COLUMN, ids=COLUMN)
-def test_every_reward_gives_one_bounded_finite_float_per_completion(name, completions, answer, choices, ids):
-    low, high = rewards.BOUNDS[name]
-    scores = REWARDS[name](completions, answer=answer, choices=choices, completion_ids=ids,
-                           prompts=answer, question=choices, trainer_state=None)
+def test_every_reward_gives_one_bounded_finite_float_per_completion(notebook_rewards, name, completions,
+                                                                    answer, choices, ids):
+    fn, (low, high) = _reward_named(notebook_rewards, name)
+    scores = fn(completions, answer=answer, choices=choices, completion_ids=ids,
+                prompts=answer, question=choices, trainer_state=None)
     assert len(scores) == len(completions)
     assert all(isinstance(s, float) and math.isfinite(s) and low <= s <= high for s in scores)
 
 
-@pytest.mark.parametrize("name", REWARDS)
+@pytest.mark.parametrize("name", BOUNDS)
 @settings(max_examples=30, deadline=None)
 @given(completions=st.one_of(st.none(), st.integers(), TEXT, st.dictionaries(st.text(max_size=3), TEXT)))
-def test_every_reward_survives_completions_that_are_not_a_list(name, completions):
-    scores = REWARDS[name](completions)
+def test_every_reward_survives_completions_that_are_not_a_list(notebook_rewards, name, completions):
+    fn, _ = _reward_named(notebook_rewards, name)
+    scores = fn(completions)
     assert all(isinstance(s, float) and math.isfinite(s) for s in scores)
 
 
 @settings(max_examples=100, deadline=None)
 @given(think=TEXT, answer=TEXT)
-def test_a_wellformed_block_always_earns_format_credit(think, answer):
+def test_a_wellformed_block_always_earns_format_credit(format_reward, think, answer):
     clean = lambda s: s.replace("<think>", "").replace("</think>", "")  # noqa: E731
     think, answer = clean(think), clean(answer)
     score = format_reward([f"<think>{think}</think>{answer}"])[0]
@@ -318,12 +408,13 @@ def test_a_wellformed_block_always_earns_format_credit(think, answer):
 
 @settings(max_examples=100, deadline=None)
 @given(steps=st.lists(st.text(min_size=1, max_size=40), max_size=30))
-def test_steps_reward_never_exceeds_the_cap_however_many_steps(steps):
+def test_steps_reward_never_exceeds_the_cap_however_many_steps(reasoning_steps_reward, notebook_rewards,
+                                                               steps):
+    cap = notebook_rewards["MAX_STEPS"]
     text = "<think>" + "\n".join(steps).replace("</think>", "") + "</think>answer"
     [score] = reasoning_steps_reward([text])
     assert 0.0 <= score <= 1.0
-    assert score * rewards.MAX_STEPS == pytest.approx(min(len(reasoning_steps(text[7:].split("</think>")[0])),
-                                                          rewards.MAX_STEPS))
+    assert score * cap == pytest.approx(min(len(reasoning_steps(text[7:].split("</think>")[0])), cap))
 
 
 def _plain_gold(text: str) -> bool:
@@ -334,7 +425,7 @@ def _plain_gold(text: str) -> bool:
 
 @settings(max_examples=150, deadline=None)
 @given(gold=st.text(min_size=1, max_size=20).filter(_plain_gold))
-def test_the_gold_answer_itself_is_always_correct(gold):
+def test_the_gold_answer_itself_is_always_correct(accuracy_reward, gold):
     assert accuracy_reward([f"<think>Reasoning here.</think>{gold}"], answer=[gold]) == [1.0]
     assert accuracy_reward([f"<think>Reasoning here.</think>{gold}"], answer=[gold + " x"]) == [0.0]
 

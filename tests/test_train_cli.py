@@ -1,4 +1,4 @@
-"""`python -m helpers.train`: the knob file, and two processes training one model (DDP on gloo)."""
+"""`python -m helpers.train` runs the notebooks' own recipe cells, with their knobs, on one process or two."""
 
 from __future__ import annotations
 
@@ -10,57 +10,62 @@ from pathlib import Path
 
 import pytest
 
-from helpers import recipes
+from helpers import notebook, training
 from helpers.errors import CourseError
-from helpers.train import parse_args, plan_from, read_knobs
+from helpers.train import gather_knobs, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+# What each lesson's recipe must hold as literal code, for a learner to read and edit.
+RECIPE_CALLS = {"sft": ("SFTConfig(", "SFTTrainer(", "get_peft_model(", "LoraConfig(", "training.train("),
+                "grpo": ("GRPOConfig(", "GRPOTrainer(", "def format_reward(", "def reasoning_steps_reward(",
+                         "def accuracy_reward(", "def length_reward(", "training.train(")}
 
 
-def test_knob_file_takes_the_notebook_names_and_flags_win(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+def _knobs(lesson: str, words: list[str]) -> dict:
+    args, flags = parse_args([lesson, *words])
+    return gather_knobs(lesson, args, flags)
+
+
+def test_knob_file_takes_the_notebook_names_and_flags_win(tmp_path):
     knobs = tmp_path / "knobs.yaml"
     knobs.write_text("STEPS: 7\nLORA_R: 8\nlearning_rate: 0.003\nSAVE_MERGED: true\n", encoding="utf-8")
-    plan, run = plan_from("sft", parse_args(["sft", "--profile", "cpu", "--config", str(knobs),
-                                             "--steps", "5", "--grad-accum", "3", "--run-name", "x"]))
-    assert (plan.steps, plan.lora_r, plan.learning_rate) == (5, 8, 0.003)
-    assert plan.profile.sft_grad_accum == 3 and run == tmp_path / "x"
-    assert plan.save_every == 1  # a quarter of the flag's 5 steps, not of the file's 7
+    got = _knobs("sft", ["--profile", "cpu", "--config", str(knobs), "--steps", "5", "--grad-accum", "3",
+                         "--run-name", "x", "--languages", "('en',)", "--tracking=none"])
+    assert got == {"STEPS": 5, "LORA_R": 8, "LEARNING_RATE": 0.003, "SAVE_MERGED": True, "PROFILE": "cpu",
+                   "RUN_NAME": "x", "GRAD_ACCUM": 3, "LANGUAGES": ("en",), "TRACKING": "none"}
 
 
-def test_grpo_knobs_map_to_the_grpo_plan(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+def test_grpo_knobs_come_from_a_json_file_too(tmp_path):
     knobs = tmp_path / "knobs.json"
     knobs.write_text(json.dumps({"NUM_GENERATIONS": 6, "BETA": 0.0, "PROFILE": "cpu"}), encoding="utf-8")
-    plan, _ = plan_from("grpo", parse_args(["grpo", "--config", str(knobs), "--examples", "9"]))
-    assert (plan.num_generations, plan.beta, plan.prompts, plan.profile.name) == (6, 0.0, 9, "cpu")
+    assert _knobs("grpo", ["--config", str(knobs), "--prompts", "9"]) == {
+        "NUM_GENERATIONS": 6, "BETA": 0.0, "PROFILE": "cpu", "PROMPTS": 9}
 
 
-@pytest.mark.parametrize("kind", ["sft", "grpo"])
-def test_a_notebook_plan_saved_as_knobs_plans_the_same_run(tmp_path, monkeypatch, kind):
-    from helpers import profiles
-
+@pytest.mark.parametrize("lesson", ["sft", "grpo"])
+def test_a_notebook_saved_as_knobs_plans_the_same_run(tmp_path, monkeypatch, lesson):
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
-    sizes = {"sft_batch_size": 2, "sft_grad_accum": 3} if kind == "sft" else {}
-    profile = profiles.get_profile("cpu", **sizes)
-    plan = (recipes.plan_sft(profile, steps=9, lora_r=4, languages=("en",)) if kind == "sft" else
-            recipes.plan_grpo(profile, steps=3, num_generations=2, rule_weights={"format_reward": 1.0}))
-    path = recipes.save_knobs(plan, tmp_path / "knobs.yaml", run_name="again")
-    again, run = plan_from(kind, parse_args([kind, "--config", str(path)]))
-    assert recipes.plan_record(again) == recipes.plan_record(plan) and run == tmp_path / "again"
-    assert again.profile == plan.profile
+    set_here = {"STEPS": 9, "LORA_R": 4} if lesson == "sft" else {"STEPS": 3, "NUM_GENERATIONS": 2}
+    planned = notebook.run_recipe(lesson, {"PROFILE": "cpu", "RUN_NAME": "again", **set_here}, tag="plan")
+    path = notebook.save_knobs(notebook.notebook_path(lesson), planned, tmp_path / "knobs.yaml")
+    again = notebook.run_recipe(lesson, _knobs(lesson, ["--config", str(path)]), tag="plan")
+    names = notebook.parameters(notebook.notebook_path(lesson))
+    assert {n: notebook._plain(again[n]) for n in names} == {n: notebook._plain(planned[n]) for n in names}
+    assert again["run"] == tmp_path / "again" and again["STEPS"] == set_here["STEPS"]
+    assert all(again[name] is not None for name in ("MODEL", "LORA_ALPHA", "MAX_COMPLETION_LENGTH"
+                                                    if lesson == "grpo" else "BATCH_SIZE"))
 
 
 def test_the_launch_command_asks_for_two_gpus_where_this_machine_has_fewer(monkeypatch, tmp_path):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    text = recipes.launch_command("grpo", tmp_path / "k.yaml")
+    text = training.launch_command("grpo", tmp_path / "k.yaml")
     assert "a machine with 2 GPUs (this one has 0)" in text
     assert f"accelerate launch --num_processes 2 -m helpers.train grpo --config {tmp_path / 'k.yaml'}" in text
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    text = recipes.launch_command("sft", tmp_path / "k.yaml")
+    text = training.launch_command("sft", tmp_path / "k.yaml")
     assert "this machine's 4 GPUs" in text and "--num_processes 4 -m helpers.train sft" in text
 
 
@@ -69,15 +74,30 @@ def test_a_bad_knob_file_is_one_sentence(tmp_path, text):
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(CourseError, match=str(path)):
-        read_knobs(path)
+        notebook.read_knobs(path)
 
 
-def test_an_unknown_knob_names_the_notebook(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+def test_an_unknown_knob_names_the_notebook_and_its_knobs(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("STEPZ: 3\n", encoding="utf-8")
-    with pytest.raises(CourseError, match="03_sft_llm.ipynb"):
-        plan_from("sft", parse_args(["sft", "--profile", "cpu", "--config", str(path)]))
+    with pytest.raises(CourseError, match="STEPZ: not a knob of 03_sft_llm.ipynb.*LORA_R"):
+        _knobs("sft", ["--config", str(path)])
+    with pytest.raises(CourseError, match="needs a value"):
+        _knobs("grpo", ["--beta"])
+
+
+@pytest.mark.parametrize("lesson", ["sft", "grpo"])
+def test_the_recipe_is_the_notebooks_literal_code_marked_as_such(lesson):
+    path = notebook.notebook_path(lesson)
+    recipe = notebook.code_cells(path, "recipe")
+    for source in notebook.code_cells(path):  # the visible mark and the tag the command reads agree
+        assert source.startswith("# recipe ·") == (source in recipe), source[:80]
+    for source in recipe:
+        compile(source, lesson, "exec")  # plain Python: no IPython magics, the command can run it
+    joined = "\n".join(recipe)
+    for call in RECIPE_CALLS[lesson]:
+        assert call in joined, call
+    assert not any("inspect.getsource" in source for source in notebook.code_cells(path))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -88,39 +108,69 @@ def test_accelerate_configs_load(path):
     assert config.num_processes >= 2 and config.distributed_type.name in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
 
 
-def test_recipes_read_the_process_count(monkeypatch):
+def test_the_process_count_comes_from_the_launcher(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "2")
-    assert recipes.world_size() == 4 and not recipes.is_main_process()
+    assert training.world_size() == 4 and not training.is_main_process()
 
 
-def _train(out: Path, run_name: str, processes: int, batch: int) -> dict:
-    """Two SFT steps on the embedded model, through `accelerate launch` when there are two processes."""
+# --- the drift test: the command, on one process and on two, trains what the notebook trains ----------
+
+# Three steps of 8 rows on the embedded model, a held-out loss every step.
+DRIFT_KNOBS = {"STEPS": 3, "EXAMPLES": 16, "HELD_OUT": 4, "BATCH_SIZE": 8, "GRAD_ACCUM": 1,
+               "TRACKING": "none", "SEED": 0}
+ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "SWANLAB_MODE": "disabled"}
+
+
+def _notebook_losses(out: Path) -> list[float]:
+    """03 itself, executed top to bottom by the course runner with the drift knobs."""
+    from helpers.course import run_notebook
+
+    executed = out / "executed"
+    executed.mkdir(parents=True)
+    knobs = {"PROFILE": "cpu", "RUN_NAME": "notebook", "CHECK_MAX_NEW_TOKENS": 8, **DRIFT_KNOBS}
+    result = run_notebook(ROOT / "03_sft_llm.ipynb", executed, knobs, ROOT)
+    assert result.status == "ok", result.error
+    metrics = json.loads((out / "notebook" / "metrics" / "03_sft_llm.json").read_text(encoding="utf-8"))
+    return [loss for _, loss in metrics["metrics"]["loss_curve"]]
+
+
+def _command(out: Path, run_name: str, processes: int, batch: int) -> dict:
+    """`python -m helpers.train sft` with the drift knobs, through `accelerate launch` for two processes."""
     accelerate = Path(sys.executable).with_name("accelerate")
-    module = ["-m", "helpers.train", "sft", "--profile", "cpu", "--steps", "2", "--examples", "16",
-              "--batch-size", str(batch), "--tracking", "none", "--run-name", run_name]
+    knobs = {**DRIFT_KNOBS, "BATCH_SIZE": batch}
+    module = ["-m", "helpers.train", "sft", "--profile", "cpu", "--run-name", run_name,
+              *[word for name, value in knobs.items() for word in (f"--{name.lower()}", str(value))]]
     if processes == 1:
         command = [sys.executable, *module]
     else:  # the multi-GPU launcher; with no GPU each process trains on the CPU and they talk over gloo
         command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes),
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "--main_process_port", "29517", *module]
-    env = {**os.environ, "COURSE_OUTPUTS": str(out), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "COURSE_OUTPUTS": str(out), **ENV}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / run_name / "metrics" / "train_sft.json").read_text(encoding="utf-8")) | {
         "stdout": done.stdout}
 
 
-def test_two_processes_train_one_model_like_one_process_with_twice_the_batch(tmp_path):
-    one = _train(tmp_path, "one", processes=1, batch=8)
-    two = _train(tmp_path, "two", processes=2, batch=4)
-    assert two["processes"] == 2 and one["processes"] == 1
+@pytest.mark.notebooks
+def test_the_command_on_one_and_on_two_processes_trains_what_the_notebook_trains(tmp_path, monkeypatch):
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    in_notebook = _notebook_losses(tmp_path)
+    one = _command(tmp_path, "one", processes=1, batch=8)
+    two = _command(tmp_path, "two", processes=2, batch=4)
+    assert len(in_notebook) == 3
+    assert one["processes"] == 1 and two["processes"] == 2
     assert two["rows_per_step"] == one["rows_per_step"] == 8
-    # DDP splits each batch of 8 in two halves and averages the gradients: the same step as one process
-    # with all 8. Two independent copies (no DDP) would each log the loss of their own half instead.
     losses_one, losses_two = ([loss for _, loss in run["loss_curve"]] for run in (one, two))
-    assert losses_two == pytest.approx(losses_one, abs=1e-3)
-    assert two["stdout"].count("steps in") == 1  # only the first process reports and saves
+    # The command runs the notebook's own cells: the same three losses. DDP splits each batch of 8 in
+    # two halves and averages the gradients: the same step as one process with all 8. Two independent
+    # copies (no DDP) would each log the loss of their own half instead.
+    assert losses_one == pytest.approx(in_notebook, abs=1e-3)
+    assert losses_two == pytest.approx(in_notebook, abs=1e-3)
+    assert len(one["held_out_loss_curve"]) == 3  # the held-out loss is part of the recipe too
+    assert two["stdout"].count("metrics in") == 1  # only the first process reports and saves
     assert (tmp_path / "two" / "sft-adapter" / "adapter_config.json").is_file()
