@@ -1,7 +1,7 @@
 """GRPO step time and peak memory: TRL's GRPOTrainer with unsloth on the Qwen3-1.7B architecture.
 
 Each measurement loads the model through `load_text_model` + `add_lora`, builds the course's GRPO
-prompts and rewards exactly as 06_grpo does, and runs one warm-up step and `--steps` timed steps of
+prompts and rewards with 06_grpo's own cells, and runs one warm-up step and `--steps` timed steps of
 `GRPOTrainer` (sampling the group, scoring it, one optimizer step), in a fresh process (unsloth
 patches transformers and TRL on import). It reports seconds per step, the share of it spent generating
 the answers (the trainer's generation call, timed around it), and peak GPU memory.

@@ -1,9 +1,10 @@
 """SFT speed and memory as notebook 03 trains: unsloth against plain transformers + peft.
 
 Each measurement runs, in a fresh process (unsloth patches transformers and TRL on import, so the
-baseline must never see it), what 03_sft_llm.ipynb runs: `load_text_model` + `add_lora` + TRL's
-`SFTTrainer` on the course's SFT samples rendered with the chat template, loss on the completion
-only, with each profile's precision, LoRA rank, batch size and gradient accumulation. unsloth
+baseline must never see it), what 03_sft_llm.ipynb runs: `load_text_model` + `add_lora` (the adapters of
+03's LoRA cell: tests/test_lora_cells.py) + TRL's `SFTTrainer` with the `SFTConfig` of 03's own cell, on
+the course's SFT samples rendered with the chat template, loss on the completion only, with each
+profile's precision, LoRA rank, batch size and gradient accumulation. unsloth
 batches padding-free, as in the notebook; the baseline pads each batch. The table gives tokens/s
 (real tokens, padding not counted) and peak GPU memory, and unsloth as a ratio of the baseline.
 

@@ -1,7 +1,7 @@
 """Vision-language LoRA training speed and memory: unsloth's FastVisionModel against transformers + peft.
 
-Each measurement loads the model through `load_vl_model` + `add_vl_lora` (the notebook's path), builds
-batches of the course's offline image + report pairs (data/vl) with `ReportCollator`, and runs
+Each measurement loads the model through `load_vl_model` + `add_vl_lora` (the adapters of 05's LoRA
+cell), builds batches of the course's offline image + report pairs (data/vl) with `ReportCollator`, and runs
 optimizer steps, in a fresh process (unsloth patches transformers on import, so the baseline must
 never see it). It reports tokens/s (image and text tokens), seconds per step and peak GPU memory, and
 unsloth's speed and memory as a ratio of the baseline's, measured on the same machine in the same run.
