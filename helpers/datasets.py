@@ -606,7 +606,7 @@ def to_prompt_completion(tokenizer, example: SFTExample, system: str | None = No
 def count_tokens(tokenizer, rows: list[dict[str, str]]) -> list[int]:
     """Tokens in prompt + completion of each row, as the trainer will count them."""
     texts = [row["prompt"] + row["completion"] for row in rows]
-    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    return [len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else []  # HELD_OUT = 0: none
 
 
 def drop_overlong(rows: list[dict], lengths: list[int], max_tokens: int) -> tuple[list[dict], int]:

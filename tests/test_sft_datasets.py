@@ -155,6 +155,10 @@ def test_overlong_examples_are_dropped_and_counted(tokenizer):
     assert kept == rows[:1] and dropped == 1
 
 
+def test_no_rows_have_no_lengths(tokenizer):  # HELD_OUT = 0 in 03: no held-out rows to measure
+    assert datasets.count_tokens(tokenizer, []) == [] and datasets.drop_overlong([], [], 10) == ([], 0)
+
+
 def test_every_offline_sample_fits_the_cpu_profile(tokenizer):
     from helpers.profiles import get_profile
 
