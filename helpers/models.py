@@ -2,7 +2,8 @@
 
 On a CUDA GPU with unsloth installed the fast path is unsloth's ``FastLanguageModel``; anywhere
 else (CPU, an unsupported GPU, an architecture unsloth cannot load) it is transformers + peft,
-with bitsandbytes for 4-bit on CUDA. The notebooks call the same four functions either way.
+with bitsandbytes for 4-bit on CUDA. 03 and 05 write their LoRA call out in a cell; ``add_lora`` makes the
+same adapters (tests/test_lora_cells.py) for 06's policy, the benchmarks and the tests.
 """
 
 from __future__ import annotations
