@@ -658,6 +658,7 @@ class GRPOItem:
     choices: str  # "" for an open question; the option letters ("ABCD") for an exam question
     source: str
     language: str  # "zh" or "en"
+    options: tuple[str, ...] = ()  # the option texts in the order of ``choices``; () for an open question
 
 
 def map_verifiable_problem(record: dict, index: int = 0) -> GRPOItem:
@@ -673,7 +674,8 @@ def map_verifiable_problem(record: dict, index: int = 0) -> GRPOItem:
 
 def grpo_item_from_exam(item: MCQItem) -> GRPOItem:
     """An exam question as a GRPO prompt: the same instruction and layout as in 02 and 04."""
-    return GRPOItem(mcq_prompt(item), item.answer, "".join(item.options), item.source, item.language)
+    return GRPOItem(mcq_prompt(item), item.answer, "".join(item.options), item.source, item.language,
+                    tuple(item.options.values()))
 
 
 def question_key(text: str) -> str:

@@ -15,10 +15,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.answers import split_think
 from helpers.generation import DISCLAIMER, chat_prompt
 from helpers.grpo import GRPO_ADAPTER, SFT_ADAPTER
 from helpers.images import UnusableImage, open_image, prepare_image
-from helpers.metrics import SafetyLists, find_keywords, split_think
+from helpers.metrics import SafetyLists, find_keywords
 
 ADAPTERS = {"sft": SFT_ADAPTER, "grpo": GRPO_ADAPTER}  # label: folder in the run dir
 VL_ADAPTER = "vl-adapter"  # written by 05_sft_vl.ipynb

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.answers import split_think
 from helpers.errors import OutOfMemory, free_gpu_memory, is_out_of_memory
-from helpers.metrics import split_think
 
 DISCLAIMER = ("For teaching only: model output is not medical advice. In an emergency call your "
               "local emergency number (120 in China, 911 in the US, 112 in Europe).")

@@ -1,8 +1,8 @@
 """What the reward functions of 06 stand on: reading completions, and small tested parsing rules.
 
 06 defines its rewards in its own cells, each a few lines over the rules here: ``split_completion``
-(the think block and the answer), ``reasoning_steps``, ``final_answer`` and ``matches_answer`` (the
-open answer against the gold one); the exam letter is read by ``helpers.metrics.extract_choice``.
+(the think block and the answer) and ``reasoning_steps``. Whether an answer is right is decided by
+``helpers.answers.is_correct``, the reader 02 and 04 score the exam with, so reward and score agree.
 ``reward`` turns a function that scores one answer into a reward as TRL calls it,
 ``fn(completions, **kwargs) -> list[float]``: one float per completion (a plain string or a
 conversation), dataset columns arriving as keyword arguments with one value per completion
@@ -16,24 +16,10 @@ from __future__ import annotations
 import functools
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 MIN_STEP_WORDS = 4  # a step needs this many words (or Chinese characters) to count
-
-# Common synonyms of gold answers that string matching would otherwise miss (keys are normalised).
-ALIASES: dict[str, tuple[str, ...]] = {
-    "epinephrine": ("adrenaline",),
-    "n acetylcysteine": ("acetylcysteine", "nac"),
-    "thiamine": ("vitamin b1",),
-    "addison disease": ("primary adrenal insufficiency",),
-    "respiratory syncytial virus": ("rsv",),
-    "异位妊娠": ("宫外孕",),
-    "维生素b1": ("硫胺素",),
-    "呼吸道合胞病毒": ("rsv",),
-}
-
 
 # --- reading completions --------------------------------------------------------------------
 
@@ -148,58 +134,6 @@ def reasoning_steps(think: str) -> list[str]:
             seen.add(key)
             steps.append(piece.strip())
     return steps
-
-
-# --- accuracy -------------------------------------------------------------------------------
-
-def normalise(text: str) -> str:
-    """Text to compare: full-width to half-width, no accents, case or punctuation, no spaces in Chinese."""
-    text = unicodedata.normalize("NFKC", text)  # "Ａ１，" -> "A1,"
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))  # é -> e
-    text = re.sub(r"[\W_]+", " ", text.casefold()).strip()  # punctuation and hyphens become spaces
-    return re.sub(r"\s*([\u3400-\u9fff])\s*", r"\1", text)  # Chinese is written without spaces
-
-
-_ANSWER_CUE = re.compile(r"(?:final\s+answer|answer|diagnosis)\s*(?:is\b\s*[:：]?|[:：])\s*|"
-                         r"(?:最终答案|答案|诊断)\s*(?:(?:是|为|应为)\s*[:：]?|[:：])\s*", re.IGNORECASE)
-_CLAUSE_END = re.compile(r"\n|[。；;，,！？!?]|\.(?=\s|$)")
-_HEDGE = re.compile(r"\b(?:or|and/or)\b|或|或者", re.IGNORECASE)
-MAX_EXTRA_WORDS = 8  # words an answer may add around the gold one: "The diagnosis is …"
-
-
-def final_answer(text: str) -> str:
-    """The short answer a completion commits to: after the think block and any "answer is" cue,
-    up to the end of the first clause."""
-    parts = split_completion(text)
-    answer = parts[1] if parts else text.rpartition(THINK_CLOSE)[2]
-    cues = list(_ANSWER_CUE.finditer(answer))
-    if cues:
-        answer = answer[cues[-1].end():]
-    clauses = [c for c in _CLAUSE_END.split(answer) if has_content(c)]
-    return clauses[0].strip() if clauses else ""
-
-
-def _is_chinese(text: str) -> bool:
-    return any("\u3400" <= c <= "\u9fff" for c in text)
-
-
-def matches_answer(said: str, gold: str) -> bool:
-    """Whether a short answer names the gold one (or an alias), allowing a few words around it.
-
-    Hedging ("A or B") earns nothing: otherwise listing every candidate would pay.
-    """
-    said_n, gold_n = normalise(said), normalise(gold)
-    if not said_n or not gold_n or _HEDGE.search(said):
-        return False
-    for target in (gold_n, *(normalise(a) for a in ALIASES.get(gold_n, ()))):
-        if said_n == target:
-            return True
-        if _is_chinese(target):
-            if target in said_n and len(said_n) <= len(target) + 2 * MAX_EXTRA_WORDS:
-                return True
-        elif f" {target} " in f" {said_n} " and len(said_n.split()) <= len(target.split()) + MAX_EXTRA_WORDS:
-            return True
-    return False
 
 
 # --- length ---------------------------------------------------------------------------------

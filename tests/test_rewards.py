@@ -8,10 +8,7 @@ from hypothesis import strategies as st
 from helpers import rewards
 from helpers.rewards import (
     completion_text,
-    final_answer,
-    matches_answer,
     mix_weights,
-    normalise,
     parse_grade,
     reasoning_steps,
     reward,
@@ -175,47 +172,6 @@ def test_unfinished_reasoning_earns_no_steps(reasoning_steps_reward):
 
 
 # --- accuracy -----------------------------------------------------------------------------
-
-def test_normalise_folds_case_punctuation_width_and_accents():
-    assert normalise("Guillain-Barré  Syndrome!") == "guillain barre syndrome"
-    assert normalise("ＭＥＴＦＯＲＭＩＮ") == "metformin"
-    assert normalise("缺铁 性 贫血。") == "缺铁性贫血"
-    assert normalise("维生素Ｂ１") == "维生素b1"
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("<think>...</think>Metformin", "Metformin"),
-    ("<think>x</think>The answer is: Metformin, because it is first line.", "Metformin"),
-    ("<think>x</think>Final answer: 6.5% or higher", "6.5% or higher"),
-    ("<think>x</think>答案：缺铁性贫血。因为铁蛋白低。", "缺铁性贫血"),
-    ("No think block. Metformin", "No think block"),
-    ("<think>never closed", "<think>never closed"),
-])
-def test_final_answer_is_the_first_clause_after_the_cue(text, expected):
-    assert final_answer(text) == expected
-
-
-@pytest.mark.parametrize("said, gold, expected", [
-    ("Iron deficiency anemia", "Iron deficiency anemia", True),
-    ("iron-deficiency ANEMIA", "Iron deficiency anemia", True),
-    ("The most likely diagnosis here is iron deficiency anemia", "Iron deficiency anemia", True),
-    ("Guillain Barre syndrome", "Guillain-Barré syndrome", True),
-    ("Ｎａｌｏｘｏｎｅ", "Naloxone", True),
-    ("adrenaline", "Epinephrine", True),  # an alias
-    ("宫外孕", "异位妊娠", True),
-    ("考虑为缺铁性贫血", "缺铁性贫血", True),
-    ("6.5%", "6.5%", True),
-    ("Naloxone or flumazenil", "Naloxone", False),  # hedging does not pay
-    ("纳洛酮或氟马西尼", "纳洛酮", False),
-    ("Anemia", "Iron deficiency anemia", False),
-    ("Naloxone", "Nalbuphine", False),
-    ("a long answer that mentions naloxone somewhere among many many other words here", "Naloxone", False),
-    ("", "Naloxone", False),
-    ("Naloxone", "", False),
-])
-def test_matches_answer(said, gold, expected):
-    assert matches_answer(said, gold) is expected
-
 
 def test_accuracy_reward_on_open_and_multiple_choice_rows(accuracy_reward):
     completions = [
@@ -415,19 +371,6 @@ def test_steps_reward_never_exceeds_the_cap_however_many_steps(reasoning_steps_r
     [score] = reasoning_steps_reward([text])
     assert 0.0 <= score <= 1.0
     assert score * cap == pytest.approx(min(len(reasoning_steps(text[7:].split("</think>")[0])), cap))
-
-
-def _plain_gold(text: str) -> bool:
-    """A gold answer with content and none of the characters that end a clause or hedge."""
-    return (any(c.isalnum() for c in normalise(text)) and not rewards._HEDGE.search(text)
-            and not any(c in text for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029。；;，,！？!?.<>:："))
-
-
-@settings(max_examples=150, deadline=None)
-@given(gold=st.text(min_size=1, max_size=20).filter(_plain_gold))
-def test_the_gold_answer_itself_is_always_correct(accuracy_reward, gold):
-    assert accuracy_reward([f"<think>Reasoning here.</think>{gold}"], answer=[gold]) == [1.0]
-    assert accuracy_reward([f"<think>Reasoning here.</think>{gold}"], answer=[gold + " x"]) == [0.0]
 
 
 def test_teacher_reward_uses_the_course_judge_client_and_its_cache(monkeypatch, tmp_path):
