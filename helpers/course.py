@@ -92,14 +92,16 @@ def format_summary(results: list[Result]) -> str:
 
 
 def run_course(profile: str, only: list[str] | None = None, run_name: str = "",
-               folder: Path = ROOT) -> list[Result]:
-    """Run the notebooks in order, stopping at the first failure (later ones need its outputs)."""
+               folder: Path = ROOT, knobs: dict | None = None) -> list[Result]:
+    """Run the notebooks in order, stopping at the first failure (later ones need its outputs).
+
+    ``knobs`` set first-cell knobs by name in every notebook that has them (``SOURCES``, ``DATA``...)."""
     get_profile(profile)  # an unknown profile fails here, in one sentence, before any notebook runs
     notebooks = find_notebooks(folder, only)
     run = course_run_dir(folder, run_name or profile)
     executed = run / "executed"
     executed.mkdir(parents=True, exist_ok=True)
-    parameters = {"PROFILE": profile, "RUN_NAME": run_name or profile}
+    parameters = {**(knobs or {}), "PROFILE": profile, "RUN_NAME": run_name or profile}
     # A check of the machine, not an experiment: no experiment tracking (the notebooks read this).
     os.environ.setdefault("SWANLAB_MODE", "disabled")
     results = [Result(nb.stem, "not run") for nb in notebooks]
@@ -116,6 +118,22 @@ def run_course(profile: str, only: list[str] | None = None, run_name: str = "",
     return results
 
 
+def parse_knobs(settings: list[str]) -> dict:
+    """``["STEPS=3", "DATA=~/x"]`` as {"STEPS": 3, "DATA": "~/x"}: Python literals, else plain text."""
+    import ast
+
+    knobs = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise CourseError(f"--set {setting!r}: write KNOB=VALUE, such as --set STEPS=3.")
+        try:
+            knobs[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            knobs[name.strip()] = value
+    return knobs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default="auto", help=f"one of {', '.join(PROFILES)} or auto (default)")
     run.add_argument("--only", action="append", help="a notebook number or name; repeat for several")
     run.add_argument("--run", default="", help="run name: the folder under outputs/ (default: the profile)")
+    run.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                     help="a first-cell knob for every notebook that has it, e.g. DATA=~/radiology "
+                          "or 'SOURCES={\"medqa\": \"~/medqa.jsonl\"}'; repeat for several")
     args = parser.parse_args(argv)
     try:
         profile = args.profile
@@ -131,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
             profile = detect().profile
         only = [item for value in args.only or [] for item in value.split(",") if item]
-        results = run_course(profile, only, args.run, folder=ROOT)
+        results = run_course(profile, only, args.run, folder=ROOT, knobs=parse_knobs(args.set))
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

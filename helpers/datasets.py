@@ -13,56 +13,25 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from helpers.data_files import (
+    Location,
+    Unreadable,
+    data_files,
+    is_local_path,
+    locate,
+    pick_file,
+    read_records,
+)
 from helpers.errors import CourseError
-from helpers.hub import resolve_dataset
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 # === Shared: reading files, the cleaning report, de-identification =========================
-
-def read_records(path: Path) -> list:
-    """The rows of a .json (an array, or an object holding one), .jsonl or .parquet file."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict("records")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    rows.append(_Unreadable(f"{path.name} line {number}"))
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CourseError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): "
-                          "fix or replace it.") from err
-    if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}: the rows inside
-        data = next((data[k] for k in _CONTAINER_KEYS if isinstance(data.get(k), list)), data)
-    if not isinstance(data, list):
-        raise CourseError(f"{path} should hold a JSON list of rows (or an object with one under "
-                          f"{', '.join(repr(k) for k in _CONTAINER_KEYS[:3])}…): fix or replace the file.")
-    return data
-
-
-_CONTAINER_KEYS = ("data", "rows", "items", "train", "validation", "val", "test")
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    """A line that is not JSON: kept as a row so the cleaning report counts it."""
-
-    where: str
-
 
 class Skip(ValueError):
     """Raised by a schema mapper for a row it cannot use; the message is the reason."""
@@ -170,18 +139,20 @@ class EvalSource:
     name: str
     kind: str  # "mcq" or "open"
     hub_id: str
-    files: tuple[str, ...]  # glob patterns, best first
+    files: tuple[str, ...]  # glob patterns, best first: the hub's layout, then the GitHub repository's
     sample: str  # file in data/eval/
 
 
 EVAL_SOURCES = {
     "cmb-exam": EvalSource("cmb-exam", "mcq", "FreedomIntelligence/CMB",
-                           ("CMB-Exam/CMB-val/CMB-val-merge.json", "**/CMB-val-merge.json"), "cmb_exam.json"),
+                           ("CMB-Exam/CMB-val/CMB-val-merge.json", "**/CMB-val-merge.json",
+                            "**/CMB-test-choice-question-merge.json"), "cmb_exam.json"),
     "medqa": EvalSource("medqa", "mcq", "GBaker/MedQA-USMLE-4-options",
                         ("phrases_no_exclude_test.jsonl", "**/*test*.jsonl", "**/test-*.parquet"),
                         "medqa_4options.jsonl"),
     "cmb-clin": EvalSource("cmb-clin", "open", "FreedomIntelligence/CMB",
-                           ("CMB-Clin/CMB-Clin-qa.json", "**/CMB-Clin-qa.json"), "cmb_clin.json"),
+                           ("CMB-Clin/CMB-Clin-qa.json", "**/CMB-Clin-qa.json", "**/CMB-test-qa.json"),
+                           "cmb_clin.json"),
 }
 EVAL_SKIP_REASONS = ("malformed", "empty", "answer not in options", "multiple answers", "duplicate",
                      "overlong")
@@ -267,28 +238,32 @@ def map_cmb_clin(record: dict, index: int) -> list[OpenItem]:
 MAPPERS = {"cmb-exam": map_cmb_exam, "medqa": map_medqa, "cmb-clin": map_cmb_clin}
 
 
-def _find_file(folder: Path, source: EvalSource) -> Path:
-    for pattern in source.files:
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found[0]
-    raise CourseError(f"No file like {source.files[0]} in {folder}: pass the folder of the {source.hub_id} "
-                      "dataset as it is on the hub, or set OFFLINE = True to use the course's samples.")
-
-
-def read_eval_source(name: str, hub_id: str | None = None, offline: bool = False) -> tuple[list, str]:
-    """(raw rows, origin) of an evaluation source: from the hub (or a local folder), else ``data/eval/``."""
-    from helpers.hub import resolve_dataset
-
+def read_eval_source(name: str, where: str | None = None, offline: bool = False) -> tuple[list, str]:
+    """(raw rows, origin) of an evaluation source, read from ``where`` (its hub id by default, or a local
+    file or folder in the real layout), else from the offline sample in ``data/eval/``."""
     if name not in EVAL_SOURCES:
         raise CourseError(f"Unknown evaluation set {name!r}: choose one of {', '.join(EVAL_SOURCES)}.")
     source = EVAL_SOURCES[name]
-    resolved = None if offline else resolve_dataset(hub_id or source.hub_id)
-    if resolved is None:
-        path = DATA_DIR / "eval" / source.sample
-        return read_records(path), f"offline sample data/eval/{source.sample}"
-    path = _find_file(resolved.path, source)
-    return read_records(path), f"{hub_id or source.hub_id} ({resolved.origin}) {path.name}"
+    location = locate(where or source.hub_id, offline=offline)
+    if location.path is None:
+        return read_records(DATA_DIR / "eval" / source.sample), f"offline sample data/eval/{source.sample}"
+    path = pick_file(location.path, source.files, f"the {name} source")
+    rows = read_records(path)
+    if name == "cmb-exam" and location.path.is_dir():
+        rows = _with_cmb_answers(rows, location.path)
+    return rows, location.describe(path)
+
+
+def _with_cmb_answers(rows: list, folder: Path) -> list:
+    """CMB's test questions come without answers; its GitHub repository publishes them apart
+    (``CMB-test-choice-answer.json``, by id): join them when the folder holds that file."""
+    if not rows or any(isinstance(r, dict) and r.get("answer") for r in rows[:20]):
+        return rows
+    answers = sorted(folder.rglob("CMB-test-choice-answer.json"))
+    if not answers:
+        return rows
+    by_id = {str(r.get("id")): r.get("answer") for r in read_records(answers[0]) if isinstance(r, dict)}
+    return [{**r, "answer": by_id.get(str(r.get("id")), "")} if isinstance(r, dict) else r for r in rows]
 
 
 def _deidentify_item(item: MCQItem | OpenItem, report: CleaningReport) -> None:
@@ -327,7 +302,7 @@ def clean_eval_rows(name: str, rows: list, *, max_chars: int = 4000,
     for index, row in enumerate(rows):
         report.read += 1
         try:
-            if isinstance(row, _Unreadable):
+            if isinstance(row, Unreadable):
                 raise Skip("malformed")
             mapped = mapper(row, index)
         except Skip as skip:
@@ -348,10 +323,10 @@ def clean_eval_rows(name: str, rows: list, *, max_chars: int = 4000,
     return items, report
 
 
-def load_eval_set(name: str, *, hub_id: str | None = None, offline: bool = False,
+def load_eval_set(name: str, *, where: str | None = None, offline: bool = False,
                   max_chars: int = 4000) -> tuple[list[MCQItem | OpenItem], CleaningReport]:
     """The cleaned items of one evaluation source and the report of what cleaning did."""
-    rows, origin = read_eval_source(name, hub_id, offline)
+    rows, origin = read_eval_source(name, where, offline)
     return clean_eval_rows(name, rows, max_chars=max_chars, origin=origin)
 
 
@@ -473,8 +448,10 @@ class SFTSet:
     """The examples loaded for SFT, where each source came from, and what was skipped and why."""
 
     examples: list[SFTExample]
-    origins: dict[str, str] = field(default_factory=dict)  # source -> the folder its files were read from
+    origins: dict[str, str] = field(default_factory=dict)  # source -> where its rows were read from
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    masked: Counter = field(default_factory=Counter)  # identifier kind -> count (de-identification)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # source -> languages asked for, not found
 
     def counts(self) -> Counter:
         """How many examples each (source, language) contributes."""
@@ -486,8 +463,10 @@ def _strip_think_tags(text: str) -> str:
     return text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
 
 
-def map_sft_rows(rows: list[dict], source: str, language: str) -> tuple[list[SFTExample], Counter]:
-    """The rows of ``source``'s schema as SFTExamples, and a count of the rows skipped, by reason."""
+def map_sft_rows(rows: list[dict], source: str, language: str | None) -> tuple[list[SFTExample], Counter]:
+    """The rows of ``source``'s schema as SFTExamples, and a count of the rows skipped, by reason.
+
+    ``language`` is the file's ("en", "zh"), or None to detect it from each question."""
     q_col, r_col, a_col = SFT_SOURCES[source].columns
     examples, skipped, seen = [], Counter(), set()
     for row in rows:
@@ -502,22 +481,26 @@ def map_sft_rows(rows: list[dict], source: str, language: str) -> tuple[list[SFT
             skipped["duplicate question"] += 1
         else:
             seen.add(question)
-            examples.append(SFTExample(question, reasoning, answer, language, source))
+            examples.append(SFTExample(question, reasoning, answer, language or detect_language(question),
+                                       source))
     return examples, skipped
 
 
-def read_sft_source(folder: Path, source: str, languages: tuple[str, ...]) -> dict[str, list[dict]]:
-    """The raw rows of ``source``'s files in ``folder`` (a hub snapshot or data/sft/), by language."""
-    rows: dict[str, list[dict]] = {}
-    for name, language in SFT_SOURCES[source].files.items():
-        if language not in languages:
-            continue
-        path = Path(folder) / name
-        if not path.is_file():
-            names = ", ".join(SFT_SOURCES[source].files)
-            raise CourseError(f"{path} is missing: the {source} files are {names}.")
-        rows.setdefault(language, []).extend(read_records(path))
-    return rows
+def sft_files(location: Location, source: str) -> list[tuple[Path, str | None]]:
+    """(file, language or None) to read for ``source``: its files by their real names (the hub's layout,
+    or data/sft/ offline), a single local file, or every data file of a local folder."""
+    spec = SFT_SOURCES[source]
+    path = location.path or SFT_DIR
+    if path.is_file():
+        return [(path, spec.files.get(path.name))]
+    known = [(p, spec.files[p.name]) for p in data_files(path) if p.name in spec.files]
+    if known:
+        return known
+    found = [(p, None) for p in data_files(path)]
+    if not found:
+        raise CourseError(f"No data files in {path}: the {source} files are {', '.join(spec.files)} (.json, "
+                          f".jsonl, .parquet or .csv with the columns {', '.join(spec.columns)}).")
+    return found
 
 
 def interleave(groups: list[list[SFTExample]], limit: int | None) -> list[SFTExample]:
@@ -534,41 +517,63 @@ def interleave(groups: list[list[SFTExample]], limit: int | None) -> list[SFTExa
 
 
 def load_sft_examples(
-    sources: tuple[str, ...] = tuple(SFT_SOURCES),
+    sources: Mapping[str, str | None] | Sequence[str] = tuple(SFT_SOURCES),
     languages: tuple[str, ...] = ("en", "zh"),
     limit: int | None = None,
     seed: int = 0,
-    samples: Path = SFT_DIR,
+    offline: bool = False,
     hub_source: str | None = None,
 ) -> SFTSet:
-    """Up to ``limit`` SFT examples from ``sources`` in ``languages``: the real datasets when their hub
-    answers, the course's samples otherwise; shuffled with ``seed`` and balanced across groups.
+    """Up to ``limit`` SFT examples in ``languages``, shuffled with ``seed`` and balanced across groups.
 
-    ``hub_source`` forces one hub; by default each dataset comes from the hub it is published on.
+    ``sources`` maps each schema (a key of SFT_SOURCES) to where to read it: its hub id, or a local file
+    or folder in that schema; a plain list of schemas reads each from its hub. With no hub reachable (or
+    ``offline``) the course's samples are read. ``hub_source`` forces one hub; by default each dataset
+    comes from the hub it is published on. A language asked for but absent is reported, not fatal.
     """
-    unknown = [s for s in sources if s not in SFT_SOURCES]
+    where = dict(sources) if isinstance(sources, Mapping) else {s: None for s in sources}
+    unknown = [s for s in where if s not in SFT_SOURCES]
     if unknown:
         names = ", ".join(map(repr, unknown))
-        raise CourseError(f"Unknown SFT source {names}: choose from {', '.join(SFT_SOURCES)}.")
+        raise CourseError(f"Unknown SFT source {names}: choose from {', '.join(SFT_SOURCES)} (and give each "
+                          "a hub id or a local path as its value).")
     result = SFTSet([])
     groups: dict[tuple[str, str], list[SFTExample]] = {}
-    for source in sources:
+    for source, place in where.items():
         spec = SFT_SOURCES[source]
-        found = resolve_dataset(spec.hub_id, source=hub_source or spec.hub)
-        folder = found.path if found is not None else Path(samples)
-        result.origins[source] = str(folder)
-        for language, rows in read_sft_source(folder, source, languages).items():
-            examples, skipped = map_sft_rows(rows, source, language)
+        location = locate(place or spec.hub_id, offline=offline, hub=hub_source or spec.hub)
+        result.origins[source] = location.origin if location.path else "offline sample data/sft/"
+        for path, language in sft_files(location, source):
+            if language is not None and language not in languages:
+                continue
+            examples, skipped = map_sft_rows(read_records(path), source, language)
             result.skipped.update(skipped)
-            groups.setdefault((source, language), []).extend(examples)
+            for example in examples:
+                if example.language in languages:
+                    clean, masked = _deidentify_example(example)
+                    result.masked.update(masked)
+                    groups.setdefault((source, example.language), []).append(clean)
+        absent = [x for x in languages if (source, x) not in groups]
+        if absent:
+            result.missing[source] = absent
     rng = random.Random(seed)
     for key in sorted(groups):
         rng.shuffle(groups[key])
     result.examples = interleave([groups[k] for k in sorted(groups)], limit)
     if not result.examples:
-        raise CourseError(f"No SFT examples in {', '.join(languages)} from {', '.join(sources)}: "
-                          "widen LANGUAGES or SOURCES.")
+        raise CourseError(f"No SFT examples in {', '.join(languages)} from {', '.join(where)}: "
+                          "widen LANGUAGES or SOURCES, or check the files' columns.")
     return result
+
+
+def _deidentify_example(example: SFTExample) -> tuple[SFTExample, Counter]:
+    """The example with identifiers masked in its question, reasoning and answer."""
+    counts: Counter = Counter()
+    fields = {}
+    for name in ("question", "reasoning", "answer"):
+        fields[name], found = deidentify(getattr(example, name))
+        counts.update(found)
+    return SFTExample(**{**asdict(example), **fields}), counts
 
 
 def to_messages(example: SFTExample, system: str | None = None) -> list[dict[str, str]]:
@@ -613,6 +618,56 @@ def drop_overlong(rows: list[dict], lengths: list[int], max_tokens: int) -> tupl
     """The rows of at most ``max_tokens`` tokens, and how many were dropped (never silently truncated)."""
     kept = [row for row, n in zip(rows, lengths, strict=True) if n <= max_tokens]
     return kept, len(rows) - len(kept)
+
+
+_SENTENCE_ENDS = re.compile(r"[.!?;](?=\s|$)|[。！？；]|\n")
+
+
+def trim_reasoning(tokenizer, example: SFTExample, max_tokens: int) -> SFTExample | None:
+    """The example with its reasoning cut at the last sentence end that lets prompt + completion fit
+    ``max_tokens`` tokens, the answer kept whole; None when not even the first sentence fits."""
+    def fits(ex: SFTExample) -> bool:
+        return count_tokens(tokenizer, [to_prompt_completion(tokenizer, ex)])[0] <= max_tokens
+
+    if fits(example):
+        return example
+    cuts = [m.end() for m in _SENTENCE_ENDS.finditer(example.reasoning)][:-1]  # the last end is the whole
+    best, low, high = None, 0, len(cuts) - 1
+    while low <= high:  # the longest prefix that fits, by bisection (each try renders and tokenizes)
+        middle = (low + high) // 2
+        candidate = replace(example, reasoning=example.reasoning[:cuts[middle]].strip())
+        if fits(candidate):
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    return best
+
+
+@dataclass
+class FittedRows:
+    """The prompt/completion rows that fit the sequence length, and what fitting them did."""
+
+    rows: list[dict]
+    lengths: list[int]  # tokens of each example as written, before any trimming
+    trimmed: int  # examples whose reasoning was cut at a sentence end to fit
+    dropped: int  # examples that did not fit at all
+
+
+def fit_rows(tokenizer, examples: list[SFTExample], max_tokens: int, overlong: str = "drop") -> FittedRows:
+    """Each example as a prompt/completion row of at most ``max_tokens`` tokens. An overlong one is
+    dropped (``overlong="drop"``) or has its reasoning cut at a sentence end (``"trim"``); both counted."""
+    if overlong not in ("drop", "trim"):
+        raise CourseError(f"OVERLONG = {overlong!r}: choose \"drop\" or \"trim\".")
+    rendered = [to_prompt_completion(tokenizer, ex) for ex in examples]
+    lengths = count_tokens(tokenizer, rendered)
+    rows, trimmed = [], 0
+    for example, row, n in zip(examples, rendered, lengths, strict=True):
+        if n <= max_tokens:
+            rows.append(row)
+        elif overlong == "trim" and (shorter := trim_reasoning(tokenizer, example, max_tokens)) is not None:
+            rows.append(to_prompt_completion(tokenizer, shorter))
+            trimmed += 1
+    return FittedRows(rows, lengths, trimmed, len(examples) - len(rows))
 
 
 # === GRPO sets (06): verifiable questions with a gold answer ==================================
@@ -683,22 +738,18 @@ def question_key(text: str) -> str:
     return re.sub(r"[\W_]+", "", text).casefold()
 
 
-def read_grpo_source(name: str, offline: bool = False) -> tuple[list, str, bool]:
-    """(rows, origin, is_sample) of a GRPO source: the hub (or a local folder), else the sample in data/."""
-    from helpers.hub import resolve_dataset
-
+def read_grpo_source(name: str, where: str | None = None, offline: bool = False) -> tuple[list, str, bool]:
+    """(rows, origin, is_sample) of a GRPO source, read from ``where`` (its hub id by default, or a local
+    file or folder in the real layout), else from the offline sample in data/."""
     if name not in GRPO_SOURCES:
-        raise CourseError(f"Unknown GRPO source {name!r}: choose from {', '.join(GRPO_SOURCES)}.")
+        raise CourseError(f"Unknown GRPO source {name!r}: choose from {', '.join(GRPO_SOURCES)} (and give "
+                          "each a hub id or a local path as its value).")
     source = GRPO_SOURCES[name]
-    resolved = None if offline else resolve_dataset(source.hub_id)
-    if resolved is None:
+    location = locate(where or source.hub_id, offline=offline)
+    if location.path is None:
         return read_records(DATA_DIR / source.sample), f"offline sample data/{source.sample}", True
-    for pattern in source.files:
-        found = sorted(resolved.path.glob(pattern))
-        if found:
-            return read_records(found[0]), f"{source.hub_id} ({resolved.origin}) {found[0].name}", False
-    raise CourseError(f"No file like {source.files[0]} in {resolved.path}: pass the {source.hub_id} "
-                      "dataset as it is on the hub, or set OFFLINE = True to use the course's samples.")
+    path = pick_file(location.path, source.files, f"the {name} source")
+    return read_records(path), location.describe(path), False
 
 
 def evaluation_questions(run: Path) -> set[str] | None:
@@ -712,30 +763,33 @@ def evaluation_questions(run: Path) -> set[str] | None:
 
 def _map_grpo_row(name: str, row: object, index: int) -> tuple[GRPOItem, str]:
     """(item, key of its question) of one row, de-identified; raises Skip for an unusable row."""
-    if isinstance(row, _Unreadable):
+    if isinstance(row, Unreadable):
         raise Skip("malformed")
     if GRPO_SOURCES[name].kind == "open":
         item = map_verifiable_problem(row, index)
-        question, _ = deidentify(item.question)
-        return GRPOItem(question, item.answer, "", name, item.language), question_key(question)
+        (question, _), (answer, _) = deidentify(item.question), deidentify(item.answer)
+        return GRPOItem(question, answer, "", name, item.language), question_key(question)
     exam = MAPPERS[name](row, index)
     exam.question, _ = deidentify(exam.question)  # as 01 does, so its held-out keys match
     return grpo_item_from_exam(exam), question_key(exam.question)
 
 
-def load_grpo_items(sources: tuple[str, ...] | list[str], limit: int, *, offline: bool = False,
+def load_grpo_items(sources: Mapping[str, str | None] | Sequence[str], limit: int, *, offline: bool = False,
                     held_out: set[str] | None = None, seed: int = 0) -> tuple[list[GRPOItem], list[dict]]:
     """Up to ``limit`` verifiable questions drawn in turn from ``sources``, and a report row per source.
 
-    ``held_out`` holds the question keys of the evaluation set (``evaluation_questions``): exam
-    questions among them are skipped. Read offline, the exam samples *are* the evaluation samples,
-    so without ``held_out`` (01 has not run) they are left out entirely, and the report says so.
+    ``sources`` maps each schema (a key of GRPO_SOURCES) to where to read it (its hub id, or a local
+    file or folder); a plain list reads each from its hub. ``held_out`` holds the question keys of the
+    evaluation set (``evaluation_questions``): exam questions among them are skipped. Read offline, the
+    exam samples *are* the evaluation samples, so without ``held_out`` (01 has not run) they are left
+    out entirely, and the report says so.
     """
+    where = dict(sources) if isinstance(sources, Mapping) else {s: None for s in sources}
     rng = random.Random(seed)
     groups, report = [], []
     seen: set[str] = set()
-    for name in sources:
-        rows, origin, is_sample = read_grpo_source(name, offline)
+    for name, place in where.items():
+        rows, origin, is_sample = read_grpo_source(name, place, offline)
         skipped: Counter = Counter()
         items: list[GRPOItem] = []
         if GRPO_SOURCES[name].kind == "mcq" and is_sample and held_out is None:
@@ -841,7 +895,10 @@ def vl_examples(rows: list[dict], source: VLSource, *, instruction: str = VL_INS
 
     examples, skipped = [], {}
     for row in rows:
-        report = str(row.get(source.caption) or "").strip()
+        if not isinstance(row, dict):
+            skipped["malformed"] = skipped.get("malformed", 0) + 1
+            continue
+        report, _ = deidentify(str(row.get(source.caption) or "").strip())
         if not report:
             skipped["no report"] = skipped.get("no report", 0) + 1
             continue
@@ -863,6 +920,34 @@ def read_offline_vl_rows(split: str, folder: Path = VL_OFFLINE_DIR) -> list[dict
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for row in rows:
         row["image"] = str(folder / row["image"])
+    return rows
+
+
+def read_local_vl_rows(path: Path, source: VLSource, n_train: int, n_eval: int) -> tuple[list, list]:
+    """(training rows, held-out rows) of a local file or folder in ``source``'s schema.
+
+    In a folder, files named like a test or validation split ("test.jsonl", "data/test-00000.parquet")
+    give the held-out rows; without one they come after the training rows. Image paths in json, jsonl
+    or csv rows are relative to the file that holds them."""
+    files = [path] if path.is_file() else data_files(path)
+    if not files:
+        raise CourseError(f"No data files in {path}: give .json, .jsonl, .parquet or .csv rows with the "
+                          f"columns {source.image!r} and {source.caption!r}.")
+    held = [f for f in files if re.search(r"(?:^|[-_.])(?:test|valid|validation|val)(?:$|[-_.])", f.stem)]
+    train = _local_rows([f for f in files if f not in held], source, n_train + (0 if held else n_eval))
+    return train[:n_train], _local_rows(held, source, n_eval) if held else train[n_train:]
+
+
+def _local_rows(files: list[Path], source: VLSource, n: int) -> list:
+    rows: list = []
+    for file in files:
+        for row in read_records(file):
+            if len(rows) >= n:
+                return rows
+            image = row.get(source.image) if isinstance(row, dict) else None
+            if isinstance(image, str) and not Path(image).is_absolute():
+                row = {**row, source.image: str(file.parent / image)}
+            rows.append(row)
     return rows
 
 
@@ -898,16 +983,28 @@ def _hub_rows(source: VLSource, split: str, start: int, n: int, hub: str | None)
 
 
 def load_vl_sets(name: str = "unsloth/Radiology_mini", n_train: int = 8, n_eval: int = 4, *,
-                 instruction: str = VL_INSTRUCTION, max_pixels: int | None = None,
+                 data: str | None = None, instruction: str = VL_INSTRUCTION, max_pixels: int | None = None,
                  hub: str | None = None) -> tuple[VLSet, VLSet]:
     """(train, held-out) image + report sets of a real dataset, or of the offline samples when offline.
 
-    Held-out rows come from the dataset's test split where it has one, else from the rows after
-    the training rows, so no image is in both.
+    ``data`` is a local file or folder in ``name``'s schema, read instead of the hub. Held-out rows come
+    from the dataset's test split where it has one, else from the rows after the training rows, so no
+    image is in both.
     """
     if name not in VL_SOURCES:
-        raise CourseError(f"Unknown vision-language dataset {name!r}: choose one of {', '.join(VL_SOURCES)}.")
+        raise CourseError(f"Unknown vision-language dataset {name!r}: choose one of {', '.join(VL_SOURCES)} "
+                          "(its schema), and give a local copy as DATA.")
     source = VL_SOURCES[name]
+    if data:
+        location = locate(data)
+        if location.path is None or not is_local_path(data):
+            raise CourseError(f"DATA = {data!r} is not a local file or folder: give a path, or set "
+                              f"DATA = None to read {name} from the hub.")
+        train_rows, eval_rows = read_local_vl_rows(location.path, source, n_train, n_eval)
+        return (vl_examples(train_rows, source, instruction=instruction, max_pixels=max_pixels,
+                            origin=location.origin),
+                vl_examples(eval_rows, source, instruction=instruction, max_pixels=max_pixels,
+                            origin=location.origin))
     eval_split, eval_start = (source.splits[-1], 0) if len(source.splits) > 1 else (source.splits[0], n_train)
     train_rows = _hub_rows(source, source.splits[0], 0, n_train, hub)
     if train_rows is None:

@@ -187,7 +187,7 @@ _REDTEAM_FIELDS = ("id", "language", "category", "expect", "prompt")
 
 def load_redteam(path: Path = SAFETY_DIR / "redteam.jsonl") -> tuple[list[RedTeamPrompt], Counter]:
     """The red-team prompts, and the rows skipped with the reason for each (counted, never raised)."""
-    from helpers.datasets import read_records
+    from helpers.data_files import read_records
 
     prompts, skipped, seen = [], Counter(), set()
     for row in read_records(path):  # a line that is not JSON comes back as a marker, not a dict

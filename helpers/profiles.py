@@ -44,6 +44,7 @@ class Profile:
     sft_steps: int
     sft_batch_size: int
     sft_grad_accum: int
+    sft_overlong: str  # an example longer than max_seq_length: "drop" it, or "trim" its reasoning to fit
     # vision-language SFT (05)
     vl_examples: int
     vl_steps: int
@@ -68,7 +69,7 @@ PROFILES: dict[str, Profile] = {
         eval_mcq=16, eval_open=4, max_new_tokens=160, eval_batch_size=8,
         # SmolLM2 writes English only; a tiny model and a few dozen steps take a higher rate.
         sft_languages=("en",), sft_learning_rate=1e-3,
-        sft_examples=64, sft_steps=40, sft_batch_size=4, sft_grad_accum=1,
+        sft_examples=64, sft_steps=40, sft_batch_size=4, sft_grad_accum=1, sft_overlong="trim",
         vl_examples=11, vl_steps=120, vl_batch_size=2,
         grpo_prompts=16, grpo_steps=6, grpo_num_generations=4, grpo_max_completion_length=48,
     ),
@@ -79,7 +80,7 @@ PROFILES: dict[str, Profile] = {
         lora_r=16, lora_alpha=16, full_finetune_ok=False,
         eval_mcq=100, eval_open=20, max_new_tokens=768, eval_batch_size=16,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
-        sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4,
+        sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4, sft_overlong="drop",
         vl_examples=400, vl_steps=100, vl_batch_size=2,
         grpo_prompts=400, grpo_steps=100, grpo_num_generations=4, grpo_max_completion_length=512,
     ),
@@ -90,7 +91,7 @@ PROFILES: dict[str, Profile] = {
         lora_r=32, lora_alpha=32, full_finetune_ok=False,
         eval_mcq=200, eval_open=30, max_new_tokens=1024, eval_batch_size=32,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
-        sft_examples=5000, sft_steps=300, sft_batch_size=4, sft_grad_accum=4,
+        sft_examples=5000, sft_steps=300, sft_batch_size=4, sft_grad_accum=4, sft_overlong="drop",
         vl_examples=1000, vl_steps=150, vl_batch_size=4,
         grpo_prompts=1000, grpo_steps=150, grpo_num_generations=6, grpo_max_completion_length=768,
     ),
@@ -101,7 +102,7 @@ PROFILES: dict[str, Profile] = {
         lora_r=64, lora_alpha=64, full_finetune_ok=True,
         eval_mcq=500, eval_open=50, max_new_tokens=1024, eval_batch_size=64,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
-        sft_examples=20000, sft_steps=500, sft_batch_size=8, sft_grad_accum=2,
+        sft_examples=20000, sft_steps=500, sft_batch_size=8, sft_grad_accum=2, sft_overlong="drop",
         vl_examples=3000, vl_steps=300, vl_batch_size=8,
         grpo_prompts=2000, grpo_steps=200, grpo_num_generations=8, grpo_max_completion_length=1024,
     ),

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import answers, datasets
-from helpers.datasets import DATA_DIR, read_records
+from helpers.data_files import read_records
+from helpers.datasets import DATA_DIR
 
 MB = "病" * 1_000_000
 ODD = " \x00\x07\x1b[31m\u202e混合 mixed текст ✓"  # control characters and three scripts: still a good row

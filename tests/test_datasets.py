@@ -176,12 +176,39 @@ def test_a_local_folder_in_the_hub_layout_is_read(tmp_path):
     folder = tmp_path / "CMB" / "CMB-Exam" / "CMB-val"
     folder.mkdir(parents=True)
     (folder / "CMB-val-merge.json").write_text(json.dumps([CMB_ROW] * 2), encoding="utf-8")
-    rows, origin = read_eval_source("cmb-exam", hub_id=str(tmp_path / "CMB"))
-    assert len(rows) == 2 and "(local)" in origin
-    with pytest.raises(CourseError, match="No file like CMB-Clin"):
-        read_eval_source("cmb-clin", hub_id=str(tmp_path / "CMB"))
+    rows, origin = read_eval_source("cmb-exam", str(tmp_path / "CMB"))
+    val = "CMB-Exam/CMB-val/CMB-val-merge.json"
+    assert len(rows) == 2 and origin == f"local folder {tmp_path / 'CMB'}: {val}"
+    with pytest.raises(CourseError, match=f"No file like CMB-Clin.*it holds {val}"):
+        read_eval_source("cmb-clin", str(tmp_path / "CMB"))  # a folder with only CMB-Exam: one sentence
     with pytest.raises(CourseError, match="Unknown evaluation set"):
         read_eval_source("pubmedqa", offline=True)
+    with pytest.raises(CourseError, match="No file or folder at"):
+        read_eval_source("medqa", str(tmp_path / "missing" / "medqa.jsonl"))
+
+
+def test_the_cmb_github_layout_and_single_files_are_read(tmp_path):
+    # The CMB GitHub repository: cases as Data/CME-test-qa/CMB-test-qa.json, exam answers apart from the
+    # questions (CMB-test-choice-answer.json, by id), the questions as on the hub.
+    repo = tmp_path / "CMB"
+    (repo / "Data" / "CME-test-qa").mkdir(parents=True)
+    (repo / "Data" / "CME-test-qa" / "CMB-test-qa.json").write_text(json.dumps([CLIN_ROW]), encoding="utf-8")
+    cases, origin = read_eval_source("cmb-clin", str(repo))
+    assert cases == [CLIN_ROW] and origin.endswith("Data/CME-test-qa/CMB-test-qa.json")
+    (repo / "data").mkdir()
+    question = {k: v for k, v in CMB_ROW.items() if k != "answer"} | {"id": 3}
+    (repo / "data" / "CMB-test-choice-question-merge.json").write_text(json.dumps([question]),
+                                                                     encoding="utf-8")
+    (repo / "data" / "CMB-test-choice-answer.json").write_text(
+        json.dumps([{"id": 3, "exam_type": "医师考试", "question_type": "单项选择题", "answer": "B"}]),
+        encoding="utf-8")
+    rows, _ = read_eval_source("cmb-exam", str(repo))
+    [item], report = clean_eval_rows("cmb-exam", rows)
+    assert item.answer == "B" and item.options["B"] == "二甲双胍" and report.kept == 1
+    # one file of any of the four formats, Chinese-only or English-only
+    (tmp_path / "medqa.csv").write_text("question,answer,answer_idx,meta_info\nWhich?,x,A,step1\n")
+    rows, origin = read_eval_source("medqa", str(tmp_path / "medqa.csv"))
+    assert rows[0]["answer_idx"] == "A" and origin == f"local file {tmp_path / 'medqa.csv'}"
 
 
 def test_prompts_carry_the_instruction_stem_and_every_option():

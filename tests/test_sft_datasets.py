@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from helpers import CourseError, datasets
+from helpers.data_files import read_records
 from helpers.datasets import SFTExample
 from helpers.generation import chat_prompt
 from helpers.hub import Resolved, embedded_model_dir
@@ -64,7 +65,7 @@ def test_unusable_rows_are_counted_and_skipped_never_fatal():
 def test_the_offline_samples_load_balanced_and_reproducible(capsys):
     loaded = datasets.load_sft_examples(limit=30, seed=1)
     assert "using the course's offline samples" in capsys.readouterr().out
-    assert set(loaded.origins.values()) == {str(datasets.SFT_DIR)}
+    assert set(loaded.origins.values()) == {"offline sample data/sft/"}
     assert loaded.counts() == {("delicate_medical_r1_data", "zh"): 10, ("medical-o1-reasoning-SFT", "en"): 10,
                                ("medical-o1-reasoning-SFT", "zh"): 10}
     assert datasets.load_sft_examples(limit=30, seed=1).examples == loaded.examples
@@ -86,22 +87,56 @@ def test_languages_and_sources_filter():
 
 
 def test_a_hub_snapshot_is_read_with_the_same_reader(monkeypatch, tmp_path):
+    from helpers import hub
+
     (tmp_path / "medical_o1_sft.json").write_text(json.dumps([O1_ROW]), encoding="utf-8")
     (tmp_path / "medical_o1_sft_Chinese.json").write_text("[]", encoding="utf-8")
-    monkeypatch.setattr(datasets, "resolve_dataset", lambda name, source: Resolved(tmp_path, "huggingface"))
+    monkeypatch.setattr(hub, "resolve_dataset", lambda name, source=None: Resolved(tmp_path, "huggingface"))
     loaded = datasets.load_sft_examples(sources=("medical-o1-reasoning-SFT",))
-    assert loaded.origins == {"medical-o1-reasoning-SFT": str(tmp_path)}
+    assert loaded.origins == {"medical-o1-reasoning-SFT":
+                              "FreedomIntelligence/medical-o1-reasoning-SFT (downloaded from Hugging Face)"}
     assert [ex.question for ex in loaded.examples] == [O1_ROW["Question"]]
+    assert loaded.missing == {"medical-o1-reasoning-SFT": ["zh"]}  # an empty Chinese file: reported
     (tmp_path / "medical_o1_sft.json").unlink()
-    with pytest.raises(CourseError, match="medical_o1_sft.json is missing"):
+    with pytest.raises(CourseError, match="No SFT examples in en, zh"):
         datasets.load_sft_examples(sources=("medical-o1-reasoning-SFT",))
+
+
+def test_a_local_file_or_folder_in_the_real_schema_is_read(tmp_path):
+    rows = [{"Question": f"问题{i}：患者胸痛，最可能的诊断？", "Complex_CoT": "胸痛伴心电图ST段抬高。" * 40,
+             "Response": "最可能的诊断是急性心肌梗死，应立即转诊。"} for i in range(3)]
+    path = tmp_path / "my_cot.jsonl"  # a Chinese-only file with a name of its own
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    loaded = datasets.load_sft_examples({"medical-o1-reasoning-SFT": str(path)}, languages=("en", "zh"))
+    assert loaded.origins == {"medical-o1-reasoning-SFT": f"local file {path}"}
+    assert loaded.counts() == {("medical-o1-reasoning-SFT", "zh"): 3}
+    assert loaded.missing == {"medical-o1-reasoning-SFT": ["en"]}  # reported, not fatal
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    (folder / "medical_o1_sft.json").write_text(json.dumps([O1_ROW]), encoding="utf-8")
+    loaded = datasets.load_sft_examples({"medical-o1-reasoning-SFT": str(folder)}, languages=("en", "zh"))
+    assert loaded.counts() == {("medical-o1-reasoning-SFT", "en"): 1}
+    assert loaded.missing == {"medical-o1-reasoning-SFT": ["zh"]}
+    with pytest.raises(CourseError, match="No file or folder at"):
+        datasets.load_sft_examples({"medical-o1-reasoning-SFT": str(tmp_path / "nowhere.json")})
+
+
+def test_identifiers_in_sft_rows_are_masked(tmp_path):
+    row = {"Question": "Patient born 1980-03-04, phone 13812345678, e-mail a.b@example.com: what next?",
+           "Complex_CoT": "Call him at 13812345678 to review.", "Response": "Review at the clinic."}
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([row]), encoding="utf-8")
+    loaded = datasets.load_sft_examples({"medical-o1-reasoning-SFT": str(path)}, languages=("en",))
+    [example] = loaded.examples
+    assert "13812345678" not in example.question + example.reasoning and "[EMAIL]" in example.question
+    assert loaded.masked["phone"] == 2 and loaded.masked["email"] == 1
 
 
 def test_a_file_that_is_not_a_list_is_one_sentence(tmp_path):
     path = tmp_path / "medical_o1_sft.json"
     path.write_text(json.dumps({"Question": "q"}), encoding="utf-8")
     with pytest.raises(CourseError, match="should hold a JSON list"):
-        datasets.read_records(path)
+        read_records(path)
 
 
 @given(st.lists(st.lists(st.integers(), max_size=6), max_size=5), st.one_of(st.none(), st.integers(0, 40)))
