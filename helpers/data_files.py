@@ -48,9 +48,10 @@ class Location:
 
 def is_local_path(where: str) -> bool:
     """Whether ``where`` names a local file or folder rather than a hub id ("org/name")."""
+    from helpers.hub import looks_like_path
+
     path = Path(where).expanduser()
-    return path.exists() or where.startswith(("/", ".", "~")) or where.count("/") > 1 or \
-        path.suffix in DATA_SUFFIXES
+    return path.exists() or looks_like_path(where) or path.suffix in DATA_SUFFIXES
 
 
 def locate(where: str, *, offline: bool = False, hub: str | None = None) -> Location:

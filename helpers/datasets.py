@@ -996,10 +996,10 @@ def load_vl_sets(name: str = "unsloth/Radiology_mini", n_train: int = 8, n_eval:
                           "(its schema), and give a local copy as DATA.")
     source = VL_SOURCES[name]
     if data:
-        location = locate(data)
-        if location.path is None or not is_local_path(data):
+        if not is_local_path(data):
             raise CourseError(f"DATA = {data!r} is not a local file or folder: give a path, or set "
                               f"DATA = None to read {name} from the hub.")
+        location = locate(data)
         train_rows, eval_rows = read_local_vl_rows(location.path, source, n_train, n_eval)
         return (vl_examples(train_rows, source, instruction=instruction, max_pixels=max_pixels,
                             origin=location.origin),

@@ -92,7 +92,7 @@ def _sources(source: str | None) -> list[str]:
     return ["huggingface", "modelscope"] if source == "auto" else [source]
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # A hub id is "name" or "org/name"; anything else that names a missing folder is a typo'd path.
     return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
@@ -156,7 +156,7 @@ def _find(name: str, repo_type: str, source: str | None) -> Resolved | None:
     local = Path(name).expanduser()
     if local.is_dir():
         return Resolved(local.resolve(), "local")
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise CourseError(f"No folder at {name}: check the path, or give a hub id such as Qwen/Qwen3-1.7B.")
     cached = _hf_cached(name, repo_type)
     if cached is not None:

@@ -118,3 +118,22 @@ def test_unknown_source_and_broken_json_are_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setitem(ds.GRPO_SOURCES, "bad", ds.GRPOSource("bad", "open", "x/y", ("*",), str(bad)))
     with pytest.raises(CourseError, match="is not valid JSON"):
         load_grpo_items(["bad"], 4, offline=True)
+
+
+def test_a_local_file_in_the_real_schema_is_read_de_identified_with_its_option_texts(tmp_path):
+    problems = [{"Open-ended Verifiable Question": "A 30-year-old (phone 13812345678) has a low MCV. Cause?",
+                 "Ground-True Answer": "Iron deficiency anemia, due to chronic blood loss"},
+                {"Open-ended Verifiable Question": "Renal biopsy: spikes on silver stain. Diagnosis?",
+                 "Ground-True Answer": "Membranous GN, subepithelial deposits"}]
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps(problems), encoding="utf-8")
+    medqa = tmp_path / "medqa_train.jsonl"
+    medqa.write_text(json.dumps(MEDQA_ROW) + "\n", encoding="utf-8")
+    items, report = load_grpo_items({"medical-o1-verifiable-problem": str(path), "medqa": str(tmp_path)}, 10,
+                                    held_out=set())
+    assert [r["origin"] for r in report] == [f"local file {path}",
+                                             f"local folder {tmp_path}: medqa_train.jsonl"]
+    by_source = {item.source: item for item in items}
+    assert "[PHONE]" in items[0].question or "[PHONE]" in items[1].question
+    assert {i.answer for i in items if i.source != "medqa"} == {p["Ground-True Answer"] for p in problems}
+    assert by_source["medqa"].options == ("Flumazenil", "Naloxone", "Atropine", "Glucagon")

@@ -186,6 +186,27 @@ def test_accuracy_reward_on_open_and_multiple_choice_rows(accuracy_reward):
     assert scores == [1.0, 0.0, 1.0, 0.0, 1.0]
 
 
+def test_accuracy_pays_real_golds_with_commas_and_answers_written_as_a_paragraph(accuracy_reward):
+    think = "<think>Spikes on silver stain and subepithelial deposits on electron microscopy.</think>"
+    mgn = "Membranous GN, subepithelial deposits"
+    golds = [mgn, "Ischemic heart disease; Aortic aneurysm", "Sarcoidosis", "Sarcoidosis", mgn]
+    answers = ["Membranous GN, subepithelial deposits",
+               "The answer is ischemic heart disease; aortic aneurysm.",
+               "The most likely diagnosis is sarcoidosis, given the bilateral hilar lymphadenopathy. "
+               "Corticosteroids are the usual treatment.",
+               "Sarcoidosis or tuberculosis.",  # a hedge earns nothing
+               "Membranous GN"]  # half of the gold earns nothing
+    assert accuracy_reward([think + a for a in answers], answer=golds) == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_accuracy_pays_an_exam_answer_that_gives_only_the_option_text(accuracy_reward):
+    options = ["ad", "70%", "None", "Rh(D) positive"]
+    completions = ["<think>x y z w.</think>The answer is Rh(D) positive.", "<think>x.</think>instead",
+                   "<think>x.</think>Rh(D) matters here, none of these fit."]
+    scores = accuracy_reward(completions, answer=["D", "A", "D"], choices=["ABCD"] * 3, options=[options] * 3)
+    assert scores == [1.0, 0.0, 0.0]
+
+
 def test_accuracy_reads_the_letter_after_the_think_block_only(accuracy_reward):
     assert accuracy_reward(["<think>The answer is C.</think>"], answer=["C"], choices=["ABCD"]) == [0.0]
 

@@ -110,3 +110,22 @@ def test_a_gated_or_broken_hub_dataset_is_one_sentence(monkeypatch):
 def test_an_unknown_dataset_names_the_known_ones():
     with pytest.raises(CourseError, match="unsloth/Radiology_mini"):
         datasets.load_vl_sets("someone/xrays")
+
+
+def test_a_local_parquet_file_in_medtrinitys_schema_is_read_as_data(tmp_path):
+    import pandas as pd
+
+    captions = [f"Axial CT of the chest, case {i}: a spiculated nodule in the right upper lobe. "
+                f"Call 13812345678 for the report." for i in range(5)]
+    frame = pd.DataFrame({"image": [{"bytes": png((80, 64)), "path": None} for _ in captions],
+                          "id": [f"mt-{i}" for i in range(5)], "caption": captions})
+    frame.to_parquet(tmp_path / "train-00000-of-00001.parquet")  # one shard, no test split
+    train, held_out = datasets.load_vl_sets("UCSC-VLAA/MedTrinity-25M", 3, 2, data=str(tmp_path))
+    assert [ex["id"] for ex in train.examples] == ["mt-0", "mt-1", "mt-2"]
+    assert [ex["id"] for ex in held_out.examples] == ["mt-3", "mt-4"]  # the rows after the training ones
+    assert train.origin == f"local folder {tmp_path}"
+    assert "[PHONE]" in train.examples[0]["report"] and "13812345678" not in train.examples[0]["report"]
+    with pytest.raises(CourseError, match="not a local file or folder"):
+        datasets.load_vl_sets("unsloth/Radiology_mini", 2, 1, data="unsloth/Radiology_mini")
+    with pytest.raises(CourseError, match="No file or folder at"):
+        datasets.load_vl_sets("unsloth/Radiology_mini", 2, 1, data=str(tmp_path / "missing.jsonl"))
