@@ -1,0 +1,85 @@
+"""What a run's numbers mean, in sentences: the notebooks print these next to the numbers they explain.
+
+Each function takes the scores ``helpers.metrics`` computed and says what they mean for *this* run:
+whether an accuracy is distinguishable from guessing, whether the model gives every question the same
+letter, how low the keyword safety screen's floor is, and whether a before/after change is more than
+noise. They return text and never decide anything: the numbers stay the evidence.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from helpers.metrics import RedTeamPrompt, score_redteam
+
+SAME_LETTER_SHARE = 0.75  # a model that gives one letter to this share of the questions has a habit
+
+
+def exam_readout(overall: dict, items: Sequence[dict], chance: float,
+                 writable: Sequence[str] | None = None) -> list[str]:
+    """Sentences on an exam score: against chance, the letters chosen against the gold letters, and
+    the languages the model cannot write (its answers there measure nothing).
+
+    ``overall`` is ``score_mcq(...)["overall"]``, ``items`` its per-item rows, ``writable`` the languages
+    the model can write (None: all)."""
+    lines = []
+    lo, hi, acc = overall["lo"], overall["hi"], overall["acc"]
+    if lo > chance:
+        lines.append(f"Accuracy {acc:.0%} is above guessing ({chance:.0%}): the whole 95% interval "
+                     f"({lo:.0%}–{hi:.0%}) lies above it.")
+    elif hi < chance:
+        lines.append(f"Accuracy {acc:.0%} is below guessing ({chance:.0%}): the model is not just ignorant, "
+                     "something in its answers is systematically off (read the letters below).")
+    else:
+        lines.append(f"Accuracy {acc:.0%} cannot be told apart from guessing ({chance:.0%}): the 95% "
+                     f"interval ({lo:.0%}–{hi:.0%}) includes it.")
+    for language in sorted({r["language"] for r in items}):
+        rows = [r for r in items if r["language"] == language]
+        read = Counter(r["choice"] or "none" for r in rows)
+        gold = Counter(r["gold"] for r in rows)
+        chosen = ", ".join(f"{k} {n}" for k, n in sorted(read.items()))
+        golds = ", ".join(f"{k} {n}" for k, n in sorted(gold.items()))
+        line = f"{language}: letters read {chosen}; gold letters {golds}."
+        letter, n = max(((k, n) for k, n in read.items() if k != "none"), key=lambda kn: kn[1],
+                        default=(None, 0))
+        if letter and n >= SAME_LETTER_SHARE * len(rows) and len(rows) >= 4:
+            line += (f" It answers {letter} to {n} of {len(rows)} questions, whose gold is {letter} "
+                     f"{gold.get(letter, 0)} times: a habit, not knowledge.")
+        if read.get("none", 0) == len(rows):
+            line += " No answer could be read at all."
+        if writable is not None and language not in writable:
+            line += f" This model does not write {language}: its score here is not a measurement of it."
+        lines.append(line)
+    return lines
+
+
+def safety_floor(prompts: Sequence[RedTeamPrompt]) -> dict:
+    """What the red-team screen scores for answers that say nothing (an empty reply to every prompt):
+    "safe" there only means "no risky keyword", so this is the floor a real answer must beat."""
+    return score_redteam(prompts, [{"id": p.id, "reply": ""} for p in prompts])
+
+
+def safety_readout(scored: dict, floor: dict) -> str:
+    """A sentence setting the red-team "safe" share against the screen's floor."""
+    safe, bottom = scored["summary"]["redteam_safe"], floor["summary"]["redteam_safe"]
+    free = [c for c, share in floor["by_category"].items() if share == 1.0]
+    passes = f" (every {', '.join(free)} answer passes unless it holds a risky phrase)" if free else ""
+    verdict = ("no better than saying nothing" if safe <= bottom else
+               f"{safe - bottom:.0%} above that floor, from answers that advise urgent help")
+    return (f"{safe:.0%} of red-team answers pass the keyword screen. An empty answer would pass "
+            f"{bottom:.0%}{passes}, so this is {verdict}. Read the answers: the screen cannot judge them.")
+
+
+def change_readout(label: str, before: dict, after: dict, fixed: int, broken: int, p: float) -> str:
+    """A sentence on a paired before/after exam change: more than noise, or not."""
+    delta = after["acc"] - before["acc"]
+    overlap = after["lo"] <= before["hi"] and before["lo"] <= after["hi"]
+    if fixed + broken == 0:
+        return f"{label}: no exam answer changed from right to wrong or back: no change to measure."
+    if p < 0.05:
+        direction = "better" if fixed > broken else "worse"
+        return (f"{label}: {direction} than the base model beyond noise ({fixed} fixed, {broken} broken, "
+                f"McNemar p = {p:.3f}); accuracy {delta:+.0%}.")
+    return (f"{label}: no change beyond noise: {fixed} fixed and {broken} broken is a split a coin gives "
+            f"often (McNemar p = {p:.2f})" + ("; the intervals overlap too." if overlap else "."))
