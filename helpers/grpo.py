@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 from helpers.errors import CourseError
@@ -99,7 +100,7 @@ def watch_training(trainer, sample_every: int, group_size: int):
     """Replace the trainer's long log lines with one short line per step, and keep one group of sampled
     completions (one prompt, all its generations, with each reward and the advantage) every
     ``sample_every`` steps: what the policy actually writes while the rewards rise. Returns the
-    watcher; its ``rows`` are the samples."""
+    watcher; its ``rows`` are the samples (``prompt`` in full, ``question`` its readable end)."""
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback  # after unsloth's import
 
     class Watcher(TrainerCallback):
@@ -119,7 +120,8 @@ def watch_training(trainer, sample_every: int, group_size: int):
                 return
             # The batch holds each prompt's generations one after another: the first group is one prompt.
             for i in range(min(group_size, len(logs["completion"]))):
-                row = {"step": step, "prompt": _tail(str(logs["prompt"][i])),
+                prompt = str(logs["prompt"][i])
+                row = {"step": step, "prompt": prompt, "question": _tail(prompt),
                        "completion": str(logs["completion"][i])}
                 row.update({name: round(values[i], 2) for name, values in logs["rewards"].items()})
                 row["advantage"] = round(logs["advantages"][i], 2)
@@ -148,11 +150,13 @@ def format_step(step: int, max_steps: int, logs: dict) -> str:
 
 
 def _tail(prompt: str, chars: int = 60) -> str:
-    """The end of a rendered prompt (the question), without the chat markup around it."""
+    """The end of a rendered prompt (the question), without the chat markup around it (which TRL's log
+    may hold with its special tokens already removed: "user\n… assistant\n<think>")."""
     for marker in ("<|im_start|>user\n", "user\n"):
         if marker in prompt:
             prompt = prompt.rsplit(marker, 1)[1]
-    prompt = prompt.split("<|im_end|>")[0].strip().replace("\n", " ")
+    prompt = prompt.split("<|im_end|>")[0]
+    prompt = re.sub(r"\s*\bassistant\s*(?:<think>)?\s*$", "", prompt).strip().replace("\n", " ")
     return prompt if len(prompt) <= chars else "…" + prompt[-chars:]
 
 

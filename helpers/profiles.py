@@ -71,7 +71,7 @@ PROFILES: dict[str, Profile] = {
         sft_languages=("en",), sft_learning_rate=1e-3,
         sft_examples=64, sft_steps=40, sft_batch_size=4, sft_grad_accum=1, sft_overlong="trim",
         vl_examples=11, vl_steps=120, vl_batch_size=2,
-        grpo_prompts=16, grpo_steps=6, grpo_num_generations=4, grpo_max_completion_length=48,
+        grpo_prompts=16, grpo_steps=6, grpo_num_generations=4, grpo_max_completion_length=96,
     ),
     "t4": Profile(
         name="t4", hardware="≤16 GB, no bf16 (Colab T4, V100 16 GB)",

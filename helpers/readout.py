@@ -8,10 +8,13 @@ noise. They return text and never decide anything: the numbers stay the evidence
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from helpers.metrics import RedTeamPrompt, score_redteam
+from helpers.runs import load_metrics
 
 SAME_LETTER_SHARE = 0.75  # a model that gives one letter to this share of the questions has a habit
 
@@ -83,3 +86,60 @@ def change_readout(label: str, before: dict, after: dict, fixed: int, broken: in
                 f"McNemar p = {p:.3f}); accuracy {delta:+.0%}.")
     return (f"{label}: no change beyond noise: {fixed} fixed and {broken} broken is a split a coin gives "
             f"often (McNemar p = {p:.2f})" + ("; the intervals overlap too." if overlap else "."))
+
+
+# --- the recap of a run (07) ------------------------------------------------------------------
+
+def _share(value: float, n: int) -> str:
+    """A share with its 95% Wilson interval, from the share and its count."""
+    from helpers.metrics import wilson_interval
+
+    lo, hi = wilson_interval(round(value * n), n)
+    return f"{value:.0%} ({lo:.0%}–{hi:.0%}, n={n})"
+
+
+def _summary(run: Path, label: str) -> dict | None:
+    path = Path(run) / "eval" / label / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8"))["summary"] if path.is_file() else None
+
+
+def recap_rows(run: Path) -> list[dict]:
+    """One row per model of this run, from what 02, 04 (base, SFT, GRPO) and 05 saved: the exam, the
+    cases, the think format, the red-team screen, and the image reports, with 95% intervals where the
+    run kept what they need. Models not scored yet are left out."""
+    rows = []
+    for label in ("base", "sft", "grpo"):
+        s = _summary(run, label)
+        if s is None:
+            continue
+        rows.append({
+            "model": label,
+            "exam accuracy": f"{s['mcq_acc']:.0%} ({s['mcq_lo']:.0%}–{s['mcq_hi']:.0%}, n={s['mcq_n']})",
+            "case ROUGE-L": f"{s['rouge_l']:.3f} ({s['rouge_l_lo']:.3f}–{s['rouge_l_hi']:.3f})",
+            "think block": _share(s["think_coverage"], s["open_n"]),
+            "red-team safe": _share(s["redteam_safe"], s["redteam_n"]),
+        })
+    vl = load_metrics(Path(run), "05_sft_vl")
+    if vl is not None:
+        for when, label in (("before", "VL base"), ("after", "VL SFT")):
+            recall = f"{vl[f'keyword_recall_{when}']:.3f} (n={vl['held_out']} images)"
+            rows.append({"model": label, "image report ROUGE-L": f"{vl[f'rouge_l_{when}']:.3f}",
+                         "findings recall": recall})
+    return rows
+
+
+def recap_readout(run: Path) -> list[str]:
+    """For each fine-tuned model 04 scored, whether its exam change is more than noise (from 04's saved
+    fixed and broken counts and McNemar's p)."""
+    saved, base, lines = load_metrics(Path(run), "04_eval_after") or {}, _summary(run, "base"), []
+    for label in ("sft", "grpo"):
+        after = _summary(run, label)
+        if base is None or after is None or f"fixed_{label}" not in saved:
+            continue
+        lines.append(change_readout(label, _exam(base), _exam(after), saved[f"fixed_{label}"],
+                                    saved[f"broken_{label}"], saved[f"mcnemar_p_{label}"]))
+    return lines
+
+
+def _exam(summary: dict) -> dict:
+    return {"acc": summary["mcq_acc"], "lo": summary["mcq_lo"], "hi": summary["mcq_hi"]}

@@ -102,9 +102,10 @@ def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp
     printed = capsys.readouterr().out
     assert "step   1/2 · reward" in printed and "step   2/2 · reward" in printed and "'loss'" not in printed
     assert [r["step"] for r in watcher.rows] == [1, 1, 2, 2]
-    assert {"prompt", "completion", "format_reward", "accuracy_reward", "length_reward", "advantage"} <= set(
-        watcher.rows[0])
-    assert watcher.rows[0]["prompt"].startswith("Which drug reverses")
+    assert {"prompt", "question", "completion", "format_reward", "accuracy_reward", "length_reward",
+            "advantage"} <= set(watcher.rows[0])
+    assert watcher.rows[0]["question"].startswith("Which drug reverses")
+    assert watcher.rows[0]["prompt"] == PROMPT
     history = grpo.reward_history(trainer.state.log_history)
     assert list(history.index) == [1, 2] and {"reward", "kl", "format_reward"} <= set(history.columns)
 

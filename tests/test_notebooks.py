@@ -23,6 +23,17 @@ def test_the_top_level_follows_the_design_card():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_exercises_with_an_expected_observation(path):
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+    pattern = (r"\*\*Exercise (\d+) · [^*]+\.\*\* \*Objective:\* .+? \*Change:\* (.+?)\n\n"
+               r"<details><summary>What you should see</summary>\n\n(.+?)\n\n</details>")
+    exercises = re.findall(pattern, text, re.S)
+    assert len(exercises) >= 2, "two exercises or more, each with its expected observation folded away"
+    assert [int(n) for n, _, _ in exercises] == list(range(1, len(exercises) + 1))  # numbered in order
+    assert all(len(seen.split()) >= 15 for _, _, seen in exercises)  # an observation, not a placeholder
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_hygiene(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
@@ -52,6 +63,29 @@ def test_the_whole_course_runs_in_the_cpu_profile(cpu_course):
     assert env_metrics["profile"] == "cpu" and env_metrics["backend"] == "transformers"
     assert env_metrics["smoke_tokens_per_s"] > 0
     assert cpu_course.repo_changes == []  # everything went to the run dir: the repository is as it was
+
+
+def _printed(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_the_course_reads_its_numbers_out_and_ends_with_every_model_scored(cpu_course):
+    assert cpu_course.returncode == 0, cpu_course.log
+    executed = cpu_course.run / "executed"
+    before = _printed(executed / "02_eval_before.ipynb")
+    assert re.search(r"Accuracy \d+% (?:is above|is below|cannot be told apart from) guessing", before)
+    assert re.search(r"en: letters read .+; gold letters .+\.", before)
+    assert "An empty answer would pass 25%" in before  # the red-team screen's floor, beside "safe"
+    # 06 on cpu: answers short enough to finish, so the length reward differs between steps.
+    lengths = re.findall(r"length ([+-]\d\.\d\d) · KL", _printed(executed / "06_grpo.ipynb"))
+    assert len(set(lengths)) > 1, lengths
+    # 07 opens with the course's numbers: base, SFT and GRPO, scored in course order (04 runs again).
+    demo = _printed(executed / "07_demo.ipynb")
+    table = demo[demo.index("exam accuracy"):]
+    assert all(f"\n{label} " in table for label in ("base", "sft", "grpo")), table[:800]
+    assert "An empty answer passes 25% of the red-team screen" in demo
 
 
 PLOT_CALL = re.compile(r"^\s*plots\.(?:plot|show)_\w+\(", re.MULTILINE)

@@ -57,3 +57,24 @@ def test_the_readout_reads_score_mcq_output_directly():
     scored = metrics.score_mcq(items, [{"id": f"m{i}", "reply": "Answer: B"} for i in range(4)])
     lines = readout.exam_readout(scored["overall"], scored["items"], chance=0.25)
     assert "letters read B 4; gold letters B 4." in lines[1] and "habit" in lines[1]
+
+
+def test_the_recap_reads_every_scored_model_with_its_interval(tmp_path):
+    from helpers import runs
+
+    summary = {"mcq_acc": 0.25, "mcq_lo": 0.1, "mcq_hi": 0.49, "mcq_n": 16, "rouge_l": 0.12,
+               "rouge_l_lo": 0.08, "rouge_l_hi": 0.16, "think_coverage": 0.5, "open_n": 4,
+               "redteam_safe": 0.3125, "redteam_n": 16}
+    for label in ("base", "sft"):
+        runs.write_json(tmp_path / "eval" / label / "metrics.json", {"summary": summary})
+    runs.save_metrics(tmp_path, "04_eval_after", {"fixed_sft": 2, "broken_sft": 1, "mcnemar_p_sft": 1.0})
+    runs.save_metrics(tmp_path, "05_sft_vl", {"rouge_l_before": 0.05, "rouge_l_after": 0.16, "held_out": 4,
+                                              "keyword_recall_before": 0.1, "keyword_recall_after": 0.4})
+    rows = readout.recap_rows(tmp_path)
+    assert [r["model"] for r in rows] == ["base", "sft", "VL base", "VL SFT"]  # no GRPO scored: left out
+    assert rows[0]["exam accuracy"] == "25% (10%–49%, n=16)"
+    assert rows[0]["think block"] == "50% (15%–85%, n=4)"
+    assert rows[3]["findings recall"] == "0.400 (n=4 images)"
+    assert readout.recap_readout(tmp_path) == [
+        "sft: no change beyond noise: 2 fixed and 1 broken is a split a coin gives often (McNemar p = 1.00); "
+        "the intervals overlap too."]
