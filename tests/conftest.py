@@ -102,7 +102,7 @@ class CourseRun:
 def cpu_course(tmp_path_factory) -> CourseRun:
     """The whole course, executed once: each notebook's tests assert on what it left in the run dir.
 
-    Running it once (about ten minutes on two cores) rather than per test keeps the suite fast.
+    Running it once (about eighteen minutes on two cores) rather than per test keeps the suite fast.
     ``COURSE_TEST_OUTPUTS=outputs`` reuses a finished run instead (``make course`` leaves one there).
     """
     reuse = os.environ.get("COURSE_TEST_OUTPUTS")
