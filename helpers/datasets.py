@@ -493,10 +493,11 @@ def sft_files(location: Location, source: str) -> list[tuple[Path, str | None]]:
     path = location.path or SFT_DIR
     if path.is_file():
         return [(path, spec.files.get(path.name))]
-    known = [(p, spec.files[p.name]) for p in data_files(path) if p.name in spec.files]
+    files = data_files(path)
+    known = [(p, spec.files[p.name]) for p in files if p.name in spec.files]
     if known:
         return known
-    found = [(p, None) for p in data_files(path)]
+    found = [(p, None) for p in files]
     if not found:
         raise CourseError(f"No data files in {path}: the {source} files are {', '.join(spec.files)} (.json, "
                           f".jsonl, .parquet or .csv with the columns {', '.join(spec.columns)}).")
@@ -917,10 +918,7 @@ def read_offline_vl_rows(split: str, folder: Path = VL_OFFLINE_DIR) -> list[dict
     path = folder / f"{split}.jsonl"
     if not path.is_file():
         raise CourseError(f"No offline samples at {path}: the course's data/vl folder is incomplete.")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for row in rows:
-        row["image"] = str(folder / row["image"])
-    return rows
+    return _local_rows([path], VL_OFFLINE)
 
 
 def read_local_vl_rows(path: Path, source: VLSource, n_train: int, n_eval: int) -> tuple[list, list]:
@@ -938,11 +936,12 @@ def read_local_vl_rows(path: Path, source: VLSource, n_train: int, n_eval: int) 
     return train[:n_train], _local_rows(held, source, n_eval) if held else train[n_train:]
 
 
-def _local_rows(files: list[Path], source: VLSource, n: int) -> list:
+def _local_rows(files: list[Path], source: VLSource, n: int | None = None) -> list:
+    """Up to ``n`` rows of ``files`` (all by default), image paths made relative to their file's folder."""
     rows: list = []
     for file in files:
         for row in read_records(file):
-            if len(rows) >= n:
+            if n is not None and len(rows) >= n:
                 return rows
             image = row.get(source.image) if isinstance(row, dict) else None
             if isinstance(image, str) and not Path(image).is_absolute():
