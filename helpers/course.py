@@ -134,6 +134,20 @@ def parse_knobs(settings: list[str]) -> dict:
     return knobs
 
 
+def set_repo(url: str) -> int:
+    """Point the Colab links and the notebooks' first cells at ``url``."""
+    from helpers.publish import set_repository
+
+    try:
+        changed = set_repository(url, ROOT)
+    except CourseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"The course now fetches itself from {url}: {len(changed)} files changed. Push it there, public,"
+          " for the Colab links to work.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                      help="a first-cell knob for every notebook that has it, e.g. DATA=~/radiology "
                           "or 'SOURCES={\"medqa\": \"~/medqa.jsonl\"}'; repeat for several")
+    move = commands.add_parser("set-repo", help="the GitHub address the course is published at (Colab links)")
+    move.add_argument("url", help="e.g. https://github.com/you/medical-llm-course")
     args = parser.parse_args(argv)
+    if args.command == "set-repo":
+        return set_repo(args.url)
     try:
         profile = args.profile
         if profile == "auto":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.answers import split_think
+from helpers.clock import fits_before
 from helpers.errors import OutOfMemory, free_gpu_memory, is_out_of_memory
 
 DISCLAIMER = ("For teaching only: model output is not medical advice. In an emergency call your "
@@ -195,6 +196,12 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="item")
 
 
+def answered(items: list, *record_lists: list[dict]) -> list:
+    """The items with a reply in every record list (all of them unless a time budget cut some)."""
+    ids = set.intersection(*({r["id"] for r in records} for records in record_lists))
+    return [item for item in items if item.id in ids]
+
+
 def generate_to_jsonl(
     model,
     tokenizer,
@@ -210,6 +217,7 @@ def generate_to_jsonl(
     lora_request=None,
     desc: str = "generating",
     halve_batch_on_oom: bool = False,
+    deadline: float | None = None,
 ) -> list[dict]:
     """A reply for every item (a dict with "id" and "prompt"), in the order of ``items``.
 
@@ -218,6 +226,10 @@ def generate_to_jsonl(
     settings) are the same as now. Each record keeps the whole reply, its think block, and the
     answer after the think block: the part that is scored. Out of GPU memory, it stops with one
     sentence naming the knobs, or with ``halve_batch_on_oom`` goes on with half the batch.
+
+    With a ``deadline`` (``time.monotonic()``, from ``clock.Budget.deadline``) it starts no batch that
+    would end after it, says what it cut, and returns the replies it has. The items then keep their
+    order, so what is cut is the end of the (shuffled) list, not the longest questions.
     """
     path = Path(path)
     tag = {**(tag or {}), "max_new_tokens": max_new_tokens, "thinking": thinking, "do_sample": do_sample}
@@ -234,14 +246,20 @@ def generate_to_jsonl(
                         encoding="utf-8")
     elif kept:
         print(f"{path.name}: resuming, {len(kept)} of {len(items)} replies already saved.")
-    # Similar lengths in one batch waste less time on padding; order does not change greedy output.
-    todo = sorted((item for item in items if item["id"] not in kept), key=lambda item: len(item["prompt"]))
+    todo = [item for item in items if item["id"] not in kept]
+    if deadline is None:  # similar lengths in one batch waste less time on padding; greedy output is the same
+        todo.sort(key=lambda item: len(item["prompt"]))
     step = len(todo) if uses_vllm(model, lora_request) else batch_size
     path.parent.mkdir(parents=True, exist_ok=True)
     with _progress(len(items), len(items) - len(todo), desc) as bar, path.open("a", encoding="utf-8") as out:
-        start, step = 0, max(step, 1)
+        start, step, batch_seconds = 0, max(step, 1), 0.0
         while start < len(todo):
             batch = todo[start:start + step]
+            if start and not fits_before(deadline, batch_seconds):
+                print(f"TIME_BUDGET_MIN: {desc}: {len(kept)} of {len(items)} answered, the last "
+                      f"{len(todo) - start} cut (each batch takes about {batch_seconds:.0f} s).")
+                break
+            started = time.monotonic()
             try:
                 replies = generate_replies(model, tokenizer, [item["prompt"] for item in batch],
                                            max_new_tokens=max_new_tokens, batch_size=len(batch),
@@ -254,6 +272,7 @@ def generate_to_jsonl(
                 print(f"Out of GPU memory with {len(batch)} answers at once: going on with {step}.")
                 continue
             start += len(batch)
+            batch_seconds = max(batch_seconds, time.monotonic() - started)
             for item, reply in zip(batch, replies, strict=True):
                 think, answer = split_think(reply.text)
                 record = {"id": item["id"], "prompt": item["prompt"], "reply": reply.text, "think": think,
@@ -263,4 +282,4 @@ def generate_to_jsonl(
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()  # a stopped kernel loses at most the batch in progress
             bar.update(len(batch))
-    return [kept[item["id"]] for item in items]
+    return [kept[item["id"]] for item in items if item["id"] in kept]

@@ -92,6 +92,11 @@ def _sources(source: str | None) -> list[str]:
     return ["huggingface", "modelscope"] if source == "auto" else [source]
 
 
+def model_name(name: str) -> str:
+    """The name to print for a model knob: the embedded model's real name, or the id or folder given."""
+    return f"{EMBEDDED_NAME} (embedded)" if name == EMBEDDED_MODEL else name
+
+
 def looks_like_path(name: str) -> bool:
     # A hub id is "name" or "org/name"; anything else that names a missing folder is a typo'd path.
     return name.startswith(("/", ".", "~")) or name.count("/") > 1

@@ -93,9 +93,20 @@ def load_text_model(
         loaded = _load_with_transformers(resolved.path, bool(load_in_4bit), dtype)
     model_obj, tokenizer = loaded
     model_obj.course_backend = chosen
+    clear_max_length(model_obj)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model_obj, tokenizer
+
+
+def clear_max_length(model) -> None:
+    """Forget a ``max_length`` stored in the generation config (unsloth stores the context size there).
+
+    Every ``generate`` call names ``max_new_tokens``; with ``max_length`` also set, transformers warns
+    on each call that both were given. The context size is still enforced by the model's config."""
+    config = getattr(model, "generation_config", None)
+    if config is not None and getattr(config, "max_length", None) is not None:
+        config.max_length = None
 
 
 def _load_with_unsloth(path: Path, max_seq_length: int, load_in_4bit: bool, dtype: str | None):

@@ -19,6 +19,18 @@ def outputs_root() -> Path:
     return Path(os.environ.get("COURSE_OUTPUTS", "outputs"))
 
 
+def shown(path: str | Path) -> str:
+    """``path`` as a learner should read it: relative to the notebooks' folder when it is inside it,
+    else relative to ``$COURSE_OUTPUTS`` (named so), else as given."""
+    path = Path(path)
+    for root, label in ((Path.cwd(), ""), (outputs_root(), "$COURSE_OUTPUTS/")):
+        try:
+            return label + str(path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            continue
+    return str(path)
+
+
 def run_dir(profile: str, run_name: str = "") -> Path:
     """The run dir for ``run_name`` (by default the profile's name), created on demand."""
     path = outputs_root() / (run_name or profile)

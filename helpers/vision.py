@@ -18,7 +18,7 @@ from pathlib import Path
 from helpers.datasets import vl_messages
 from helpers.errors import CourseError
 from helpers.hub import cache_dir, embedded_model_dir, resolve_model
-from helpers.models import _torch_dtype, pick_backend, require_safetensors
+from helpers.models import _torch_dtype, clear_max_length, pick_backend, require_safetensors
 from helpers.profiles import PROFILES, TINY_VL_MODEL, Profile
 
 # The special tokens Qwen-VL models use to place an image (or video) inside the text.
@@ -280,6 +280,7 @@ def load_vl_model(model: str | Profile = TINY_VL_MODEL, *, load_in_4bit: bool | 
         loaded = _load_with_transformers(folder, bool(load_in_4bit), dtype)
     model_obj, processor = loaded
     model_obj.course_backend = chosen
+    clear_max_length(model_obj)
     return model_obj, processor
 
 

@@ -118,3 +118,30 @@ def test_pickle_only_weights_are_refused_in_one_sentence(tmp_path):
         load_text_model(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"")
     require_safetensors(tmp_path)  # with safetensors beside it, the .bin is never read
+
+
+def test_a_stored_max_length_is_cleared_so_generation_does_not_warn(embedded):
+    """unsloth stores the context size as generation_config.max_length; every call with max_new_tokens
+    then warned that both were set. The loaders clear it."""
+    import logging
+
+    from helpers.models import clear_max_length
+
+    model, tokenizer = embedded
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("transformers.generation.utils")
+    logger.addHandler(handler)
+    try:
+        model.generation_config.max_length = 40960  # what unsloth leaves behind
+        generate_replies(model, tokenizer, ["Hi"], max_new_tokens=2)
+        warned = [w for w in warnings if "max_length" in w]
+        clear_max_length(model)
+        warnings.clear()
+        generate_replies(model, tokenizer, ["Hi"], max_new_tokens=2)
+    finally:
+        logger.removeHandler(handler)
+        model.generation_config.max_length = None
+    assert warned, "the warning this test guards against was not produced: the test would prove nothing"
+    assert not [w for w in warnings if "max_length" in w]
