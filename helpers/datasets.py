@@ -9,6 +9,7 @@ Sections: shared reading, cleaning and de-identification; then one section per n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -880,6 +881,12 @@ class VLSet:
         return (f"{len(self.examples)} image + report pairs from {self.origin}; skipped {skipped}"
                 + (f" ({reasons})" if reasons else ""))
 
+    def fingerprint(self) -> str:
+        """A short digest of the pairs' ids and reports, for the training settings: a checkpoint trained on
+        other pairs is never resumed, even where the ids are the same (as when samples change split)."""
+        pairs = json.dumps([[ex["id"], ex["report"]] for ex in self.examples], ensure_ascii=False)
+        return hashlib.sha256(pairs.encode("utf-8")).hexdigest()[:16]
+
 
 def vl_messages(report: str | None, instruction: str = VL_INSTRUCTION) -> list[dict]:
     """The chat for one pair: a user turn (image, instruction) and, for training, the report turn."""
@@ -988,8 +995,17 @@ def load_vl_sets(name: str = "unsloth/Radiology_mini", n_train: int = 8, n_eval:
 
     ``data`` is a local file or folder in ``name``'s schema, read instead of the hub. Held-out rows come
     from the dataset's test split where it has one, else from the rows after the training rows, so no
-    image is in both.
+    row is in both; a held-out image that shows the same slice as a training image is dropped too
+    (``drop_same_slices``), wherever the rows came from.
     """
+    train, held_out = _read_vl_sets(name, n_train, n_eval, data=data, instruction=instruction,
+                                    max_pixels=max_pixels, hub=hub)
+    return train, drop_same_slices(train, held_out)
+
+
+def _read_vl_sets(name: str, n_train: int, n_eval: int, *, data: str | None, instruction: str,
+                  max_pixels: int | None, hub: str | None) -> tuple[VLSet, VLSet]:
+    """(train, held-out) as read: from a local ``data`` path, the hub, or the offline samples."""
     if name not in VL_SOURCES:
         raise CourseError(f"Unknown vision-language dataset {name!r}: choose one of {', '.join(VL_SOURCES)} "
                           "(its schema), and give a local copy as DATA.")
@@ -1016,3 +1032,36 @@ def load_vl_sets(name: str = "unsloth/Radiology_mini", n_train: int = 8, n_eval:
     eval_rows = _hub_rows(source, eval_split, eval_start, n_eval, hub) or []
     return (vl_examples(train_rows, source, instruction=instruction, max_pixels=max_pixels),
             vl_examples(eval_rows, source, instruction=instruction, max_pixels=max_pixels))
+
+
+SAME_SLICE_SKIP = "same slice as a training image"  # the reason counted in VLSet.skipped
+
+
+def drop_same_slices(train: VLSet, held_out: VLSet) -> VLSet:
+    """``held_out`` without the images that show the same slice as a training image, even in another
+    window, size or flip (``helpers.images.near_duplicates``): scored, they would measure memory, not
+    reading. Each is counted in ``skipped`` and named, with its training twin, in one printed sentence."""
+    from helpers.images import near_duplicates
+
+    if not train.examples or not held_out.examples:
+        return held_out
+    pairs = near_duplicates([ex["images"][0] for ex in train.examples],
+                            [ex["images"][0] for ex in held_out.examples])
+    twins = {j: train.examples[i]["id"] for i, j in pairs}  # held-out index -> training id
+    named = "; ".join(f"{held_out.examples[j]['id']} shows the same slice as training image {twin}"
+                      for j, twin in twins.items())
+    if not twins:
+        print(f"Checked {_images(len(held_out), 'held-out')} against {_images(len(train), 'training')}: "
+              "none shows the same slice as a training image.")
+        return held_out
+    if len(twins) == len(held_out):
+        raise CourseError(f"Every held-out image shows the same slice as a training image ({named}): give "
+                          "held-out images of other patients or slices, such as the dataset's test split.")
+    print(f"{_images(len(twins), 'held-out')} dropped: {named}.")
+    kept = [ex for j, ex in enumerate(held_out.examples) if j not in twins]
+    return VLSet(kept, held_out.origin, {**held_out.skipped, SAME_SLICE_SKIP: len(twins)})
+
+
+def _images(n: int, kind: str) -> str:
+    """'1 held-out image', '4 training images'."""
+    return f"{n} {kind} image{'' if n == 1 else 's'}"

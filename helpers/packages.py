@@ -23,6 +23,7 @@ CORE = [
     "huggingface_hub>=1.0",
     "gguf>=0.10",
     "matplotlib>=3.8",
+    "scipy>=1.11",
     "ipywidgets>=8,<9",
     "swanlab>=0.6",
     "papermill>=2.6",

@@ -9,9 +9,12 @@ noise. They return text and never decide anything: the numbers stay the evidence
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+
+from scipy import stats
 
 from helpers.metrics import RedTeamPrompt, score_redteam
 from helpers.runs import load_metrics
@@ -98,9 +101,40 @@ def _share(value: float, n: int) -> str:
     return f"{value:.0%} ({lo:.0%}–{hi:.0%}, n={n})"
 
 
-def _summary(run: Path, label: str) -> dict | None:
+def _scored(run: Path, label: str) -> dict | None:
+    """What 02 (base) or 04 (an adapter) saved in ``eval/<label>/metrics.json``, or None."""
     path = Path(run) / "eval" / label / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8"))["summary"] if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _summary(run: Path, label: str) -> dict | None:
+    scored = _scored(run, label)
+    return scored["summary"] if scored is not None else None
+
+
+def t_interval(values: Sequence[float]) -> dict | None:
+    """The mean of per-image scores with its 95% t-interval (clipped to [0, 1], where the scores live),
+    or None with fewer than two values: one image says nothing about the spread."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
+
+
+def _vl_cell(vl: dict, score: str, when: str) -> str:
+    """A 05 score before or after training, with its t-interval over the held-out images where 05 saved
+    the per-image scores (keyword recall leaves out images whose report names no findings term)."""
+    mean = vl[f"{score}_{when}"]
+    if "per_image" not in vl:  # saved by a 05 from before the per-image scores
+        return f"{mean:.3f} (n={vl['held_out']} images; rerun 05 for an interval)"
+    values = [row[f"{score}_{when}"] for row in vl["per_image"] if row.get(f"{score}_{when}") is not None]
+    interval = t_interval(values)
+    if interval is None:
+        return f"{mean:.3f} (n={len(values)} image{'' if len(values) == 1 else 's'}: no interval)"
+    return f"{interval['mean']:.3f} ({interval['lo']:.3f}–{interval['hi']:.3f}, n={interval['n']} images)"
 
 
 def recap_rows(run: Path) -> list[dict]:
@@ -122,22 +156,43 @@ def recap_rows(run: Path) -> list[dict]:
     vl = load_metrics(Path(run), "05_sft_vl")
     if vl is not None:
         for when, label in (("before", "VL base"), ("after", "VL SFT")):
-            recall = f"{vl[f'keyword_recall_{when}']:.3f} (n={vl['held_out']} images)"
-            rows.append({"model": label, "image report ROUGE-L": f"{vl[f'rouge_l_{when}']:.3f}",
-                         "findings recall": recall})
+            rows.append({"model": label, "image report ROUGE-L": _vl_cell(vl, "rouge_l", when),
+                         "findings recall": _vl_cell(vl, "keyword_recall", when)})
     return rows
 
 
+def redteam_change_readout(label: str, base_items: Sequence[dict], after_items: Sequence[dict]) -> str:
+    """A sentence naming, by id and category, the red-team prompts whose answer was safe with the base
+    model and is unsafe with the ``label`` adapter (items as ``score_redteam`` makes them)."""
+    from helpers.metrics import changed_answers
+
+    safe_before = sum(bool(r["safe"]) for r in base_items)
+    if safe_before == 0:
+        return f"{label}: the base model answered no red-team prompt safely, so none could become unsafe."
+    broken = changed_answers(base_items, after_items, key="safe")["broken"]
+    if not broken:
+        return f"{label}: every red-team answer that was safe with the base model is still safe."
+    category = {r["id"]: r["category"] for r in after_items}
+    named = ", ".join(f"{item_id} ({category[item_id]})" for item_id in broken)
+    return (f"{label}: {len(broken)} of the {safe_before} red-team answers that were safe with the base "
+            f"model became unsafe: {named}. Read them in 04's red-team cell.")
+
+
 def recap_readout(run: Path) -> list[str]:
-    """For each fine-tuned model 04 scored, whether its exam change is more than noise (from 04's saved
-    fixed and broken counts and McNemar's p)."""
-    saved, base, lines = load_metrics(Path(run), "04_eval_after") or {}, _summary(run, "base"), []
+    """For each fine-tuned model 04 scored: whether its exam change is more than noise (from 04's saved
+    fixed and broken counts and McNemar's p), and which red-team answers became unsafe (from the
+    red-team items 02 and 04 saved)."""
+    saved, base, lines = load_metrics(Path(run), "04_eval_after") or {}, _scored(run, "base"), []
     for label in ("sft", "grpo"):
-        after = _summary(run, label)
-        if base is None or after is None or f"fixed_{label}" not in saved:
+        after = _scored(run, label)
+        if base is None or after is None:
             continue
-        lines.append(change_readout(label, _exam(base), _exam(after), saved[f"fixed_{label}"],
-                                    saved[f"broken_{label}"], saved[f"mcnemar_p_{label}"]))
+        if f"fixed_{label}" in saved:
+            lines.append(change_readout(label, _exam(base["summary"]), _exam(after["summary"]),
+                                        saved[f"fixed_{label}"], saved[f"broken_{label}"],
+                                        saved[f"mcnemar_p_{label}"]))
+        if "redteam" in base and "redteam" in after:
+            lines.append(redteam_change_readout(label, base["redteam"]["items"], after["redteam"]["items"]))
     return lines
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.errors import CourseError, OutOfMemory, free_gpu_memory, is_out_of_memory
-from helpers.runs import write_json
+from helpers.runs import shown, write_json
 from helpers.secrets import read_secret
 
 # --- processes ------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def clear_stale_checkpoints(folder: Path, settings: dict) -> None:
     if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
         stale = sorted(folder.glob("checkpoint-*"))
         if stale:
-            print(f"The training settings changed since {folder} was written: "
+            print(f"The training settings changed since {shown(folder)} was written: "
                   f"removing its {len(stale)} checkpoint(s) and starting over.")
         for path in stale:
             shutil.rmtree(path)

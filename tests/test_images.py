@@ -1,12 +1,24 @@
 import io
+import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
-from helpers.images import UnusableImage, check_images, fit_pixels, prepare_image
+from helpers.images import (
+    SAME_SLICE,
+    UnusableImage,
+    check_images,
+    fit_pixels,
+    near_duplicates,
+    prepare_image,
+    same_slice,
+    slice_similarity,
+)
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -118,3 +130,64 @@ def test_prepared_images_are_always_rgb_within_budget_or_refused(width, height, 
 
 def test_fit_pixels_never_returns_an_empty_image():
     assert min(fit_pixels(Image.new("L", (1000, 4)), 100).size) >= 1
+
+
+# --- the same slice twice (near_duplicates) -------------------------------------------------------
+
+VL = Path(__file__).resolve().parent.parent / "data" / "vl"
+
+
+def sample_sources() -> dict[str, str]:
+    """Each sample PNG -> the DICOM file it was made from, as data/vl/README.md records it."""
+    row = r"^\| `(\w+\.png)` \| (?:train|test) \|[^|]*\| `([^`]+\.dcm)`"
+    return dict(re.findall(row, (VL / "README.md").read_text(), re.MULTILINE))
+
+
+def rewindowed(image: Image.Image, low: float, high: float) -> Image.Image:
+    """The image through another window: grey levels below ``low`` black, above ``high`` white."""
+    values = np.asarray(image.convert("L"), dtype=np.float64)
+    return Image.fromarray((np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8))
+
+
+def test_the_readme_names_a_source_for_every_sample_image():
+    assert sorted(sample_sources()) == sorted(p.name for p in (VL / "images").glob("*.png"))
+
+
+def test_sample_images_are_flagged_exactly_when_they_come_from_the_same_dicom_file():
+    sources = sample_sources()
+    flagged, expected = set(), set()
+    for a, b in itertools.combinations(sorted(sources), 2):
+        with Image.open(VL / "images" / a) as first, Image.open(VL / "images" / b) as second:
+            if same_slice(first, second):
+                flagged.add((a, b))
+        if sources[a] == sources[b]:
+            expected.add((a, b))
+    assert expected == {("head_ct_skull_base_bone.png", "head_ct_skull_base_brain.png")}  # bone, brain window
+    assert flagged == expected
+
+
+def test_one_image_in_two_windows_resized_or_mirrored_is_the_same_slice():
+    with Image.open(VL / "images" / "lower_thorax_ct_spine.png") as image:
+        image.load()
+    narrow, wide = rewindowed(image, 90, 200), rewindowed(image, 0, 160)  # both clip, differently
+    assert np.mean(np.asarray(narrow) == 0) > 0.2 and np.mean(np.asarray(wide) == 255) > 0.05
+    assert same_slice(narrow, wide)
+    assert same_slice(image, narrow.resize((170, 170)))  # a third of the size
+    assert same_slice(image, ImageOps.mirror(wide))  # the other left-right convention
+    with Image.open(VL / "images" / "thorax_ct_spine.png") as other:  # another patient's spine CT
+        assert not same_slice(image, other) and slice_similarity(image, other) < SAME_SLICE / 2
+
+
+def test_near_duplicates_pairs_each_flagged_held_out_image_with_its_training_twin():
+    names = ["chest_xray_pa.png", "head_ct_skull_base_brain.png", "pelvis_us.png", "tibia_xray_ap.png"]
+    train = [prepare_image(VL / "images" / name) for name in names[:3]]
+    held_out = [prepare_image(VL / "images" / "tibia_xray_ap.png"),
+                prepare_image(VL / "images" / "head_ct_skull_base_bone.png"),  # the brain image's slice
+                rewindowed(train[2], 40, 120).resize((200, 150))]
+    assert near_duplicates(train, held_out) == [(1, 1), (2, 2)]
+    assert near_duplicates(train, held_out[:1]) == [] and near_duplicates([], held_out) == []
+
+
+def test_flat_images_have_nothing_to_compare_and_are_never_flagged():
+    grey = Image.new("L", (64, 64), 90)
+    assert slice_similarity(grey, grey) == 0.0 and not same_slice(grey, Image.new("RGB", (32, 32)))

@@ -1,5 +1,7 @@
 """helpers.readout: the sentences printed next to the numbers, on the shapes real runs produce."""
 
+import pytest
+
 from helpers import metrics, readout
 from helpers.datasets import MCQItem
 
@@ -59,22 +61,89 @@ def test_the_readout_reads_score_mcq_output_directly():
     assert "letters read B 4; gold letters B 4." in lines[1] and "habit" in lines[1]
 
 
+SUMMARY = {"mcq_acc": 0.25, "mcq_lo": 0.1, "mcq_hi": 0.49, "mcq_n": 16, "rouge_l": 0.12,
+           "rouge_l_lo": 0.08, "rouge_l_hi": 0.16, "think_coverage": 0.5, "open_n": 4,
+           "redteam_safe": 0.3125, "redteam_n": 16}
+
+
 def test_the_recap_reads_every_scored_model_with_its_interval(tmp_path):
     from helpers import runs
 
-    summary = {"mcq_acc": 0.25, "mcq_lo": 0.1, "mcq_hi": 0.49, "mcq_n": 16, "rouge_l": 0.12,
-               "rouge_l_lo": 0.08, "rouge_l_hi": 0.16, "think_coverage": 0.5, "open_n": 4,
-               "redteam_safe": 0.3125, "redteam_n": 16}
     for label in ("base", "sft"):
-        runs.write_json(tmp_path / "eval" / label / "metrics.json", {"summary": summary})
+        runs.write_json(tmp_path / "eval" / label / "metrics.json", {"summary": SUMMARY})
     runs.save_metrics(tmp_path, "04_eval_after", {"fixed_sft": 2, "broken_sft": 1, "mcnemar_p_sft": 1.0})
-    runs.save_metrics(tmp_path, "05_sft_vl", {"rouge_l_before": 0.05, "rouge_l_after": 0.16, "held_out": 4,
-                                              "keyword_recall_before": 0.1, "keyword_recall_after": 0.4})
+    per_image = [{"id": f"course_vl_test_{i:03d}", "rouge_l_before": b, "rouge_l_after": a,
+                  "keyword_recall_before": 0.0, "keyword_recall_after": k}
+                 for i, (b, a, k) in enumerate([(0.0, 0.1, 0.5), (0.1, 0.2, None), (0.0, 0.3, 1.0),
+                                                (0.1, 0.4, 0.0)], 1)]
+    runs.save_metrics(tmp_path, "05_sft_vl", {"rouge_l_before": 0.05, "rouge_l_after": 0.25, "held_out": 4,
+                                              "keyword_recall_before": 0.0, "keyword_recall_after": 0.5,
+                                              "per_image": per_image})
     rows = readout.recap_rows(tmp_path)
     assert [r["model"] for r in rows] == ["base", "sft", "VL base", "VL SFT"]  # no GRPO scored: left out
     assert rows[0]["exam accuracy"] == "25% (10%–49%, n=16)"
     assert rows[0]["think block"] == "50% (15%–85%, n=4)"
-    assert rows[3]["findings recall"] == "0.400 (n=4 images)"
+    # By hand: ROUGE-L after 0.1, 0.2, 0.3, 0.4: mean 0.25, sd 0.1291, se 0.06455; t(0.975, df 3) = 3.182446
+    # from a t table, so 0.25 ± 0.2054 (a normal interval, ± 0.1265, would read 0.123–0.377).
+    assert rows[3]["image report ROUGE-L"] == "0.250 (0.045–0.455, n=4 images)"
+    # Recall: the image whose report names no findings term (None) is left out; 0.5 ± 1.24 is clipped.
+    assert rows[3]["findings recall"] == "0.500 (0.000–1.000, n=3 images)"
+    assert rows[2]["findings recall"] == "0.000 (0.000–0.000, n=4 images)"  # no spread, no width
     assert readout.recap_readout(tmp_path) == [
         "sft: no change beyond noise: 2 fixed and 1 broken is a split a coin gives often (McNemar p = 1.00); "
         "the intervals overlap too."]
+
+
+def test_vl_rows_without_per_image_scores_or_with_one_image_say_there_is_no_interval(tmp_path):
+    from helpers import runs
+
+    runs.save_metrics(tmp_path, "05_sft_vl", {"rouge_l_before": 0.05, "rouge_l_after": 0.16, "held_out": 4,
+                                              "keyword_recall_before": 0.1, "keyword_recall_after": 0.4})
+    recall = readout.recap_rows(tmp_path)[1]["findings recall"]
+    assert recall == "0.400 (n=4 images; rerun 05 for an interval)"  # a 05 from before per-image scores
+    one = {"rouge_l_before": 0.05, "rouge_l_after": 0.16,
+           "keyword_recall_before": 0.1, "keyword_recall_after": 0.4}
+    runs.save_metrics(tmp_path, "05_sft_vl", {**one, "held_out": 1, "per_image": [{"id": "x", **one}]})
+    assert readout.recap_rows(tmp_path)[1]["image report ROUGE-L"] == "0.160 (n=1 image: no interval)"
+
+
+def test_the_t_interval_matches_a_hand_computed_one():
+    # 0.4, 0.45, 0.5, 0.55, 0.6, 0.5: mean 0.5, sd sqrt(0.025 / 5) = 0.070711, se 0.028868;
+    # t(0.975, df 5) = 2.570582 (t table), half width 0.074206.
+    interval = readout.t_interval([0.4, 0.45, 0.5, 0.55, 0.6, 0.5])
+    assert interval == {"mean": pytest.approx(0.5), "lo": pytest.approx(0.425794, abs=1e-6),
+                        "hi": pytest.approx(0.574206, abs=1e-6), "n": 6}
+    assert readout.t_interval([0.3]) is None and readout.t_interval([]) is None
+
+
+def _redteam_run(tmp_path, replies: dict[str, dict[str, str]]):
+    """A run dir with eval/<label>/metrics.json as 02 (base) and 04 (adapters) write them."""
+    from helpers import runs
+
+    prompts, _ = metrics.load_redteam()
+    for label, changed in replies.items():
+        records = [{"id": p.id, "reply": changed.get(p.id, "This is an emergency: call 911 or 急救 now.")}
+                   for p in prompts]
+        runs.write_json(tmp_path / "eval" / label / "metrics.json",
+                        {"summary": SUMMARY, "redteam": metrics.score_redteam(prompts, records)})
+    return {p.id: p.category for p in prompts}
+
+
+def test_the_recap_names_the_red_team_answers_that_became_unsafe_by_id_and_category(tmp_path):
+    category = _redteam_run(tmp_path, {
+        "base": {"rt-en-02": "Sleep it off."},  # unsafe already with the base model: cannot become unsafe
+        "sft": {"rt-en-02": "Sleep it off.", "rt-en-03": "You feel fine, so wait.",
+                "rt-zh-05": "多休息。", "rt-en-07": "Just stop taking your medication."},
+        "grpo": {}})
+    assert (category["rt-en-03"], category["rt-zh-05"], category["rt-en-07"]) == (
+        "overdose", "self-harm", "medication")
+    lines = readout.recap_readout(tmp_path)  # 04 saved no exam counts here: red-team lines only
+    assert lines == [
+        "sft: 3 of the 15 red-team answers that were safe with the base model became unsafe: rt-en-03 "
+        "(overdose), rt-en-07 (medication), rt-zh-05 (self-harm). Read them in 04's red-team cell.",
+        "grpo: every red-team answer that was safe with the base model is still safe."]
+
+
+def test_a_base_model_with_no_safe_answer_has_none_to_lose():
+    unsafe = [{"id": "rt-en-01", "category": "emergency", "safe": False}]
+    assert "answered no red-team prompt safely" in readout.redteam_change_readout("sft", unsafe, unsafe)

@@ -1,6 +1,7 @@
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,93 @@ def test_a_local_parquet_file_in_medtrinitys_schema_is_read_as_data(tmp_path):
         datasets.load_vl_sets("unsloth/Radiology_mini", 2, 1, data="unsloth/Radiology_mini")
     with pytest.raises(CourseError, match="No file or folder at"):
         datasets.load_vl_sets("unsloth/Radiology_mini", 2, 1, data=str(tmp_path / "missing.jsonl"))
+
+
+# --- held-out images that show a training image's slice are dropped, wherever the rows come from ---
+
+def rewindowed_copy(name: str, low: float, high: float) -> Image.Image:
+    """A sample image through another window: grey levels below ``low`` black, above ``high`` white."""
+    import numpy as np
+
+    with Image.open(VL / "images" / name) as image:
+        values = np.asarray(image.convert("L"), dtype=np.float64)
+    return Image.fromarray((np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8))
+
+
+def readme_splits() -> dict[str, tuple[str, str]]:
+    """Each sample PNG -> (its split, its DICOM source file), from the table in data/vl/README.md."""
+    row = r"^\| `(\w+\.png)` \| (train|test) \|[^|]*\| `([^`]+\.dcm)`"
+    return {png: (split, dicom) for png, split, dicom in
+            re.findall(row, (VL / "README.md").read_text(), re.MULTILINE)}
+
+
+def test_no_dicom_source_file_is_in_both_splits_and_the_readme_says_which_split_each_image_is_in():
+    table = readme_splits()
+    splits = {split: {Path(r["image"]).name for r in rows(split)} for split in ("train", "test")}
+    assert {png: split for png, (split, _) in table.items()} == {
+        png: split for split, pngs in splits.items() for png in pngs}
+    sources = {split: {table[png][1] for png in pngs} for split, pngs in splits.items()}
+    assert not sources["train"] & sources["test"]
+    assert (len(splits["train"]), len(splits["test"])) == (11, 4)
+    for split in ("train", "test"):  # ids numbered in file order
+        assert [r["image_id"] for r in rows(split)] == [f"course_vl_{split}_{i:03d}"
+                                                         for i in range(1, len(rows(split)) + 1)]
+
+
+def test_a_local_held_out_image_rewindowed_from_a_training_image_is_dropped_and_named(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    train = [{**row, "image_id": f"roco_train_{i}"} for i, row in enumerate(rows("train")[:4])]
+    for row in train:
+        shutil.copy(VL / row["image"], tmp_path / "images")
+    copy_of = train[2]  # thorax CT in a soft-tissue window, shown again in a narrower one, larger
+    twin = rewindowed_copy(Path(copy_of["image"]).name, 60, 180).resize((300, 300))
+    twin.save(tmp_path / "images" / "x.png")
+    held = [{**rows("test")[0], "image_id": "roco_test_0"},
+            {**copy_of, "image": "images/x.png", "image_id": "roco_test_1", "caption": "The same CT again."},
+            {**rows("test")[2], "image_id": "roco_test_2"}]
+    for row in (held[0], held[2]):
+        shutil.copy(VL / row["image"], tmp_path / "images")
+    for name, split_rows in (("train.jsonl", train), ("test.jsonl", held)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in split_rows), "utf-8")
+    train_set, held_out = datasets.load_vl_sets("unsloth/Radiology_mini", 4, 3, data=str(tmp_path))
+    assert len(train_set) == 4 and [ex["id"] for ex in held_out.examples] == ["roco_test_0", "roco_test_2"]
+    assert held_out.skipped == {datasets.SAME_SLICE_SKIP: 1}
+    assert held_out.summary().endswith("skipped 1 (same slice as a training image: 1)")
+    assert capsys.readouterr().out.strip() == (
+        "1 held-out image dropped: roco_test_1 shows the same slice as training image roco_train_2.")
+
+
+def test_hub_rows_are_checked_the_same_way_and_all_held_out_twins_is_one_sentence(monkeypatch, capsys):
+    def image(name: str) -> dict:
+        return {"bytes": (VL / "images" / name).read_bytes(), "path": None}
+
+    table = {"train": [{"image": image("head_ct_skull_base_brain.png"), "id": "t0", "caption": "Head CT."},
+                       {"image": image("chest_xray_pa.png"), "id": "t1", "caption": "Chest radiograph."}],
+             "test": [{"image": image("head_ct_skull_base_bone.png"), "id": "h0", "caption": "Bone window."},
+                      {"image": image("pelvis_us.png"), "id": "h1", "caption": "Pelvic ultrasound."}]}
+    source = datasets.VL_SOURCES["UCSC-VLAA/MedTrinity-25M"]  # its one split: held-out rows follow
+    monkeypatch.setattr(datasets, "_hub_rows", lambda src, split, start, n, hub: table[
+        "train" if start == 0 else "test"][:n])
+    _, held_out = datasets.load_vl_sets(source.hub_id, 2, 2)
+    assert [ex["id"] for ex in held_out.examples] == ["h1"]
+    assert "h0 shows the same slice as training image t0" in capsys.readouterr().out
+    table["test"] = table["test"][:1]
+    with pytest.raises(CourseError, match="Every held-out image shows the same slice") as err:
+        datasets.load_vl_sets(source.hub_id, 2, 1)
+    assert "\n" not in str(err.value)
+
+
+def test_nothing_is_dropped_from_the_courses_own_samples(offline, capsys):
+    train, held_out = datasets.load_vl_sets("unsloth/Radiology_mini", 11, 4, max_pixels=256 * 256)
+    assert (len(train), len(held_out)) == (11, 4) and held_out.skipped == {}
+    assert ("Checked 4 held-out images against 11 training images: none shows the same slice as a training "
+            "image.") in capsys.readouterr().out
+
+
+def test_the_fingerprint_changes_with_the_reports_not_only_the_ids():
+    radiology = datasets.VL_SOURCES["unsloth/Radiology_mini"]
+    first = [{"image": png(), "image_id": "course_vl_train_001", "caption": "Chest radiograph."}]
+    moved = [{**first[0], "caption": "Radiograph of the tibia."}]  # another sample under the same id
+    fingerprint = datasets.vl_examples(first, radiology).fingerprint()
+    assert fingerprint == datasets.vl_examples(list(first), radiology).fingerprint()
+    assert fingerprint != datasets.vl_examples(moved, radiology).fingerprint()
