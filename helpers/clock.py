@@ -101,7 +101,8 @@ class StepClock(TrainerCallback):
         if step is None:
             return
         remaining = self.planned - state.global_step
-        if not self._projected and len(self.durations) >= self.warmup_steps + self.project_after:
+        measured_enough = len(self.durations) >= self.warmup_steps + self.project_after
+        if not self._projected and remaining > 0 and measured_enough:
             self._projected = True
             if state.is_world_process_zero:
                 fit = "" if self.deadline is None else (

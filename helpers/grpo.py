@@ -17,6 +17,7 @@ from pathlib import Path
 from helpers.errors import CourseError
 from helpers.models import LORA_TARGETS, add_lora, load_text_model
 from helpers.profiles import Profile
+from helpers.runs import shown
 
 SFT_ADAPTER = "sft-adapter"  # written by 03_sft_llm.ipynb
 GRPO_ADAPTER = "grpo-adapter"  # read by 04_eval_after.ipynb and 07_demo.ipynb
@@ -81,7 +82,7 @@ def load_policy(profile: Profile, run: Path, *, model_id: str = "", lora_r: int 
         raise CourseError(f"The SFT adapter in {sft} does not fit {name}: {RETRAIN}") from err
     if missing:
         raise CourseError(f"The SFT adapter in {sft} has {len(missing)} weights this model lacks: {RETRAIN}")
-    return model, tokenizer, f"the SFT adapter of 03 ({sft})"
+    return model, tokenizer, f"the SFT adapter of 03 ({shown(sft)})"
 
 
 def _read_adapter_weights(folder: Path) -> dict:

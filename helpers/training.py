@@ -48,7 +48,8 @@ def launch_command(lesson: str, knobs: Path) -> str:
     gpus = torch.cuda.device_count()
     where = f"this machine's {gpus} GPUs" if gpus > 1 else f"a machine with 2 GPUs (this one has {gpus})"
     return (f"From a terminal in the course folder, on {where}:\n"
-            f"  accelerate launch --num_processes {max(gpus, 2)} -m helpers.train {lesson} --config {knobs}")
+            f"  accelerate launch --num_processes {max(gpus, 2)} -m helpers.train {lesson} "
+            f"--config {shown(knobs)}")
 
 
 def save_trained(trainer, tokenizer, path: str | Path) -> Path:

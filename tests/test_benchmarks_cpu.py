@@ -189,3 +189,16 @@ def test_the_multi_gpu_report_gives_the_scaling_and_the_gap_between_the_loss_cur
     markdown = path.with_suffix(".md").read_text()
     assert "| 2 | 8 × 2 × 2 | 1,900 |" in markdown and "Scaling 1.90× on 2 GPUs" in markdown
     assert "at most 10.00%" in markdown and (tmp_path / "multi_gpu.png").stat().st_size > 1000
+
+
+def test_the_class_minutes_projection_gives_back_a_cpu_run_at_its_own_settings(cpu_course):
+    """Projected to the cpu profile with factor 1, every notebook of a cpu run must come out at about the
+    time it took: warm-up + steady step time × steps reproduces the training cell, seconds per answer ×
+    answers the answering cells."""
+    minutes = load_benchmark("class_minutes")
+    run = cpu_course.run
+    for notebook in ("02_eval_before", "03_sft_llm", "04_eval_after", "05_sft_vl", "06_grpo"):
+        row = minutes.project(notebook, run, factor=1.0, profile="cpu")
+        assert row["t4"] == pytest.approx(row["gpu"], rel=0.2), (notebook, row)
+    table = minutes.table(run, run)
+    assert table.count("\n| 0") == 8 and "s warm-up +" in table and "s per answer ×" in table
