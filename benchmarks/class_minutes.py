@@ -91,12 +91,15 @@ def table(cpu: Path | None, gpu: Path, factor: float = FACTOR) -> str:
     """The markdown minutes table."""
     lines = ["| notebook | cpu (measured) | GPU run (H200, reduced settings) | T4, t4 profile (projected) | "
              "projected from |", "|---|---|---|---|---|"]
-    for executed in sorted((gpu / "executed").glob("[0-9][0-9]_*.ipynb")):
-        name = executed.stem
+    runs = [run for run in (cpu, gpu) if run is not None]
+    names = sorted({p.stem for run in runs for p in (run / "executed").glob("[0-9][0-9]_*.ipynb")})
+    for name in names:
         row = project(name, gpu, factor)
-        cpu_min = (f"{sum(cell_seconds(cpu / 'executed' / executed.name).values()) / 60:.1f}"
-                   if cpu and (cpu / "executed" / executed.name).is_file() else "—")
-        lines.append(f"| {name} | {cpu_min} | {row['gpu'] / 60:.1f} | {row['t4'] / 60:.0f} | {row['how']} |")
+        on_cpu = cpu / "executed" / f"{name}.ipynb" if cpu else None
+        cpu_min = f"{sum(cell_seconds(on_cpu).values()) / 60:.1f}" if on_cpu and on_cpu.is_file() else "—"
+        gpu_cols = (f"{row['gpu'] / 60:.1f} | {row['t4'] / 60:.0f} | {row['how']}" if row
+                    else "— | — | not in the GPU run")
+        lines.append(f"| {name} | {cpu_min} | {gpu_cols} |")
     return "\n".join(lines)
 
 

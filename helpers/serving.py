@@ -266,7 +266,7 @@ def chat(base_url: str, model: str, messages: list[dict], *, stream: bool = True
 
     extra = {"http_client": openai.DefaultHttpxClient(trust_env=False)} if _is_loopback(base_url) else {}
     # A local server needs no key; the SDK insists on one, and any string will do.
-    client = openai.OpenAI(base_url=base_url, api_key="not-needed", max_retries=1, timeout=timeout_s, **extra)
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=1, timeout=timeout_s, **extra)
     request = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
     try:
         if not stream:
