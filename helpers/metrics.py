@@ -69,6 +69,21 @@ def mean_interval(values: Sequence[float]) -> dict:
     return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
 
 
+def t_interval(values: Sequence[float]) -> dict | None:
+    """The mean of per-item scores with its 95% t-interval (clipped to [0, 1], where the scores live),
+    or None with fewer than two values: one says nothing about the spread. ``mean_interval`` above is the
+    normal approximation, kept for the case scores it has always given."""
+    from scipy import stats  # only where an interval is drawn: metrics is imported everywhere
+
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
+
+
 def mcnemar_p(fixed: int, broken: int) -> float:
     """Exact two-sided McNemar p-value: could ``fixed`` vs ``broken`` answers arise by chance?
 

@@ -9,14 +9,11 @@ noise. They return text and never decide anything: the numbers stay the evidence
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from scipy import stats
-
-from helpers.metrics import RedTeamPrompt, score_redteam
+from helpers.metrics import RedTeamPrompt, score_redteam, t_interval
 from helpers.runs import load_metrics
 
 SAME_LETTER_SHARE = 0.75  # a model that gives one letter to this share of the questions has a habit
@@ -110,18 +107,6 @@ def _scored(run: Path, label: str) -> dict | None:
 def _summary(run: Path, label: str) -> dict | None:
     scored = _scored(run, label)
     return scored["summary"] if scored is not None else None
-
-
-def t_interval(values: Sequence[float]) -> dict | None:
-    """The mean of per-image scores with its 95% t-interval (clipped to [0, 1], where the scores live),
-    or None with fewer than two values: one image says nothing about the spread."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
 
 
 def _vl_cell(vl: dict, score: str, when: str) -> str:
