@@ -41,10 +41,15 @@ class Reply:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def chat_prompt(tokenizer, question: str, system: str | None = None, thinking: bool | None = None) -> str:
-    """The question rendered with the model's own chat template, ready for generation."""
+def chat_prompt(tokenizer, question: str | list[dict], system: str | None = None,
+                thinking: bool | None = None) -> str:
+    """The question rendered with the model's own chat template, ready for generation.
+
+    ``question`` is one user message, or a whole conversation (a list of ``{"role", "content"}``
+    messages ending with the user's turn), as a chat sends it again at every turn.
+    """
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": question})
+    messages += [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
     extra = {} if thinking is None else {"enable_thinking": thinking}  # Qwen3 templates read this
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
 

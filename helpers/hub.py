@@ -58,7 +58,7 @@ def configure(source: str = "auto", hf_endpoint: str | None = None) -> None:
         if constants is not None:  # read HF_ENDPOINT when it was imported: tell it (and `datasets`) again
             constants.ENDPOINT = endpoint = os.environ["HF_ENDPOINT"]
             constants.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    _reachable.cache_clear()
+    host_reachable.cache_clear()
 
 
 def hf_endpoint() -> str:
@@ -66,7 +66,8 @@ def hf_endpoint() -> str:
 
 
 @lru_cache(maxsize=8)
-def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens in time (asked once per host: cached)."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -81,9 +82,9 @@ def hub_reachable(source: str) -> bool:
             return False
         endpoint = urlparse(hf_endpoint())
         default_port = 80 if endpoint.scheme == "http" else 443
-        return _reachable(endpoint.hostname or "huggingface.co", endpoint.port or default_port)
+        return host_reachable(endpoint.hostname or "huggingface.co", endpoint.port or default_port)
     if _check_source(source) == "modelscope":
-        return importlib.util.find_spec("modelscope") is not None and _reachable(MODELSCOPE_HOST)
+        return importlib.util.find_spec("modelscope") is not None and host_reachable(MODELSCOPE_HOST)
     raise CourseError("hub_reachable needs one hub: 'huggingface' or 'modelscope', not 'auto'.")
 
 

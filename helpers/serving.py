@@ -41,6 +41,23 @@ def uses_vllm() -> bool:
     return vllm_installed()
 
 
+def serves_images() -> bool:
+    """Whether a vision-language model can be served here: vLLM, or transformers serve with torchvision
+    (Qwen3-VL's video processor, which its processor loads, needs it)."""
+    return uses_vllm() or importlib.util.find_spec("torchvision") is not None
+
+
+def image_content(image, text: str) -> list[dict]:
+    """A chat message's content holding one image, inline as a PNG data URL, then the text."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+
+
 def missing_packages() -> list[str]:
     """The packages to pip install before this machine can serve and call a model ([] when none)."""
     needed = ["openai"] if uses_vllm() else ["openai", "fastapi", "uvicorn"]  # module = pip name here

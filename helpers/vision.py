@@ -244,7 +244,8 @@ def make_random_vl_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfl
 
 # --- loading and LoRA -------------------------------------------------------------------------
 
-def _resolve_vl_folder(name: str, source: str | None) -> Path:
+def vl_model_folder(name: str, source: str | None = None) -> Path:
+    """The local folder of a VL model: the tiny one built here, or a hub id downloaded (tiny offline)."""
     if name == TINY_VL_MODEL:
         return make_tiny_vl_model()
     try:
@@ -267,7 +268,7 @@ def load_vl_model(model: str | Profile = TINY_VL_MODEL, *, load_in_4bit: bool | 
         model = profile.vl_model
         load_in_4bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
         dtype = dtype or profile.dtype
-    folder = _resolve_vl_folder(model, source)
+    folder = vl_model_folder(model, source)
     require_safetensors(folder)
     chosen = pick_backend(backend)
     if chosen == "unsloth":

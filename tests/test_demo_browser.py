@@ -1,4 +1,4 @@
-"""07 in a real browser: JupyterLab on localhost, headless Chromium, Run All, a question, Compare.
+"""07 in a real browser: JupyterLab, headless Chromium, Run All; Compare, Images, the report assistant.
 
 Needs the system Chromium (Debian's ``chromium`` package) and the ``playwright`` Python package, which
 drives that browser as it is (no browser download). ``make browser-test`` installs both and runs this
@@ -97,11 +97,20 @@ def test_07_runs_in_jupyterlab_and_every_model_answers(jupyterlab):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.locator(".widget-tab").screenshot(path=str(SCREENSHOT))
 
-        page.get_by_role("tab", name="Image models").click()  # the second tab: a sample image, both VL models
+        page.get_by_role("tab", name="Images").click()  # a sample image, both VL models
         page.locator(".course-vl-app select").select_option(index=1)
         page.get_by_role("button", name="Describe").click()
         expect(page.locator(".course-vl-app .course-report")).to_have_count(2, timeout=120_000)
         assert "Could not generate" not in page.locator(".course-vl-app").inner_text()
         page.locator(".widget-tab").screenshot(path=str(SCREENSHOT.with_name("07_demo_images.png")))
+
+        page.get_by_role("tab", name="Report assistant").click()  # image → findings → advice
+        page.locator(".course-report-app select").first.select_option(index=1)
+        page.get_by_role("button", name="Write report").click()
+        report = page.locator(".course-report-app")
+        expect(report.locator(".course-report")).to_have_count(1, timeout=120_000)  # the findings
+        expect(report.locator(".widget-html-content:has-text('tokens/s')")).to_have_count(1, timeout=120_000)
+        assert "Could not generate" not in report.inner_text() and "medical advice" in report.inner_text()
+        page.locator(".widget-tab").screenshot(path=str(SCREENSHOT.with_name("07_demo_report.png")))
         browser.close()
     assert SCREENSHOT.stat().st_size > 10_000

@@ -159,6 +159,68 @@ def test_sft_recipe_of_03_trains_the_adapters_and_lowers_the_loss(text_model, tm
     assert any("lora_" in name for name, _ in reloaded.named_parameters())
 
 
+# A fresh process with transformers alone loads a saved model folder and writes 8 tokens.
+FRESH_ANSWER = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, question = sys.argv[1], sys.argv[2]
+tokenizer = AutoTokenizer.from_pretrained(folder)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device)
+inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                       return_tensors="pt", return_dict=True).to(model.device)
+out = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+print("NEW", out.shape[1] - inputs["input_ids"].shape[1])
+"""
+
+
+def test_full_finetune_recipe_of_03_trains_every_weight_and_the_model_answers_alone(text_model, tmp_path,
+                                                                                     monkeypatch):
+    import subprocess
+    import sys
+
+    from helpers import notebook
+
+    # 03's own cells with FULL_FINETUNE = True (the 80gb profile allows it): every weight trains, the whole
+    # model is saved, and a fresh process with no course code loads that folder and answers.
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    knobs = {"PROFILE": "80gb" if ON_GPU else "cpu", "RUN_NAME": "full", "MODEL": text_model, "EXAMPLES": 1,
+             "HELD_OUT": 2, "MAX_SEQ_LENGTH": 1024, "STEPS": 6, "SAVE_EVERY": 100, "EVAL_EVERY": 100,
+             "BATCH_SIZE": 2, "GRAD_ACCUM": 1, "TRACKING": "none", "FULL_FINETUNE": True,
+             "SAVE_MERGED": False}
+    seen: dict = {}
+
+    def one_sample_repeated(ns: dict) -> None:
+        if "train_examples" in ns and "repeated" not in seen:
+            ns["train_examples"], seen["repeated"] = ns["train_examples"][:1] * 16, True
+        if "trainable" in ns and "before" not in seen:  # the cell that made every weight trainable has run
+            layer = ns["model"].model.layers[0]
+            seen["before"] = [w.detach().float().cpu().clone() for w in
+                              (layer.mlp.down_proj.weight, layer.self_attn.q_proj.weight)]
+            seen["share"] = ns["trainable"] / ns["total"]
+        if ON_GPU and "trainer" in ns and "reset" not in seen:
+            torch.cuda.reset_peak_memory_stats()
+            seen["reset"] = True
+
+    ns = notebook.run_recipe("sft", knobs, after_cell=one_sample_repeated)
+    assert ns["backend"] == "transformers" and seen["share"] == 1.0  # full: no unsloth, no adapters
+    losses = _losses(ns["trainer"])
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    layer = ns["model"].model.layers[0]
+    after = [w.detach().float().cpu() for w in (layer.mlp.down_proj.weight, layer.self_attn.q_proj.weight)]
+    assert all(not torch.equal(b, a) for b, a in zip(seen["before"], after, strict=True))
+    path = ns["saved"]
+    assert path.name == "sft-model" and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    if ON_GPU:
+        print(f"full fine-tuning peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    del ns
+    gc.collect()
+    done = subprocess.run([sys.executable, "-c", FRESH_ANSWER, str(path), QUESTION], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "NEW 8" in done.stdout
+
+
 # --- vision-language SFT as in 05 -----------------------------------------------------------------
 
 def test_vl_sft_steps_as_05_train_the_adapters_and_the_model_still_captions(vl_model, tmp_path):

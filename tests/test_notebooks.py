@@ -88,6 +88,25 @@ def test_the_course_reads_its_numbers_out_and_ends_with_every_model_scored(cpu_c
     assert "An empty answer passes 25% of the red-team screen" in demo
 
 
+def test_07_runs_the_report_assistant_a_two_turn_chat_the_apps_and_the_served_merged_model(cpu_course):
+    assert cpu_course.returncode == 0, cpu_course.log
+    demo = _printed(cpu_course.run / "executed" / "07_demo.ipynb")
+    metrics = cpu_course.metrics("07_demo")
+    # The report assistant on a sample image: findings by the VL SFT model, advice by the GRPO model.
+    assert "findings by After VL SFT (05), advice by After GRPO (06)" in demo
+    assert re.search(r"\[findings\] \S.+\n\[advice, streamed\] ", demo)
+    assert metrics["report_flags"] is not None
+    # Two turns, the second re-reading the first.
+    first, second = metrics["chat_prompt_tokens"]
+    assert second > first and f"Turn 2 re-read {second} tokens" in demo
+    assert re.search(r"The Gradio app is at http://127\.0\.0\.1:\d+", demo)  # the `app` extra is installed
+    # 03 saved the merged model on cpu: a fresh server process loads it and answers; advice over HTTP.
+    assert "transformers serve serves the merged SFT model of 03" in demo
+    assert "[advice, over HTTP from sft]" in demo and "transformers serve needs torchvision" in demo
+    assert re.search(r"Stopped transformers serve: port \d+ is closed\.", demo)
+    assert "No GGUF export here: unsloth is not installed" in demo
+
+
 PLOT_CALL = re.compile(r"^\s*plots\.(?:plot|show)_\w+\(", re.MULTILINE)
 
 

@@ -146,3 +146,18 @@ def test_the_merged_16_bit_model_answers_in_a_fresh_process_without_the_course(m
     assert done.returncode == 0, done.stderr[-2000:]
     dtype, _, answer = done.stdout.strip().splitlines()[-1].partition(" ")
     assert dtype == "torch.bfloat16" and ast.literal_eval(answer).strip()
+
+
+def test_an_image_travels_inline_as_a_png_data_url():
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 30), (200, 10, 10))
+    picture, text = serving.image_content(image, "Describe the image.")
+    assert text == {"type": "text", "text": "Describe the image."} and picture["type"] == "image_url"
+    header, data = picture["image_url"]["url"].split(",", 1)
+    assert header == "data:image/png;base64"
+    back = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert back.size == (40, 30) and back.getpixel((0, 0)) == (200, 10, 10)

@@ -152,7 +152,7 @@ def test_offline_a_hub_model_falls_back_to_the_tiny_one(monkeypatch, capsys):
         raise CourseError(f"Cannot download {name!r}: no hub is reachable. Connect to the internet.")
 
     monkeypatch.setattr(vision, "resolve_model", offline)
-    assert vision._resolve_vl_folder("Qwen/Qwen3-VL-2B-Instruct", None) == vision.make_tiny_vl_model()
+    assert vision.vl_model_folder("Qwen/Qwen3-VL-2B-Instruct") == vision.make_tiny_vl_model()
     assert "using the tiny random" in capsys.readouterr().out
 
 
