@@ -7,9 +7,9 @@ faithfully. It never answers anything sensible: use it for benchmarks only.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from helpers.files import atomic_path
 
 _QWEN3_COMMON = dict(
     model_type="qwen3", vocab_size=151936, head_dim=128, num_key_value_heads=8,
@@ -77,12 +77,10 @@ def make_random_checkpoint(model_id: str, dest: str | Path, dtype: str = "bfloat
     # and its ids all fit in Qwen3's larger vocabulary.
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_model_dir())
     silence_unused_tokens(model, len(tokenizer))
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with atomic_path(dest, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the caller measures memory next
-    os.replace(tmp, dest)
     return dest

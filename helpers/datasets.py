@@ -28,6 +28,7 @@ from helpers.data_files import (
     read_records,
 )
 from helpers.errors import CourseError
+from helpers.files import atomic_path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -349,10 +350,9 @@ def sample_balanced(items: list, n: int, seed: int = 0, by: str = "language") ->
 
 def save_items(items: list, path: Path) -> Path:
     """Items as JSON Lines (one per line, Chinese kept readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(asdict(i), ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(asdict(i), ensure_ascii=False) + "\n" for i in items),
+                       encoding="utf-8")
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from helpers.answers import split_think
 from helpers.clock import fits_before
 from helpers.errors import OutOfMemory, free_gpu_memory, is_out_of_memory
+from helpers.files import atomic_path
 
 DISCLAIMER = ("For teaching only: model output is not medical advice. In an emergency call your "
               "local emergency number (120 in China, 911 in the US, 112 in Europe).")
@@ -246,9 +247,9 @@ def generate_to_jsonl(
         dropped = len(saved) - len(kept) + unreadable
         print(f"{path.name}: {len(kept)} saved replies reused; {dropped} made with other settings, "
               "for other items or unreadable were dropped.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()),
-                        encoding="utf-8")
+        with atomic_path(path) as tmp:  # an interrupt here must not lose the replies kept
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()),
+                           encoding="utf-8")
     elif kept:
         print(f"{path.name}: resuming, {len(kept)} of {len(items)} replies already saved.")
     todo = [item for item in items if item["id"] not in kept]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from helpers.errors import CourseError
+from helpers.files import atomic_path
 from helpers.profiles import EMBEDDED_MODEL
 
 SOURCES = ("auto", "huggingface", "modelscope")
@@ -245,10 +245,6 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
         config.bos_token_id = tokenizer.bos_token_id
-    # Write next to the destination and rename, so an interrupted conversion leaves nothing half-written.
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_path(dest, directory=True) as tmp:  # an interrupted conversion leaves nothing half-written
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.errors import CourseError
+from helpers.files import atomic_path
 from helpers.secrets import hide_secrets, read_secret
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -103,10 +104,8 @@ def ask_judge(
                                        "check JUDGE_BASE_URL and the network.")) from err
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise CourseError(f"The judge at {url} did not answer like an OpenAI-compatible endpoint.") from err
-    config.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"request": payload, "reply": reply}, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, cached)
+    with atomic_path(cached) as tmp:
+        tmp.write_text(json.dumps({"request": payload, "reply": reply}, ensure_ascii=False), encoding="utf-8")
     return reply
 
 

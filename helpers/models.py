@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 from helpers.errors import CourseError
+from helpers.files import atomic_path
 from helpers.hub import resolve_model
 from helpers.profiles import PROFILES, Profile
 
@@ -192,12 +192,9 @@ def count_parameters(model) -> tuple[int, int]:
 def save_adapter(model, tokenizer, path: str | Path) -> Path:
     """Save only the LoRA adapter (a few MB) and the tokenizer; nothing half-written on failure."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_path(path, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return path
 
 

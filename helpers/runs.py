@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from helpers.errors import CourseError
+from helpers.files import atomic_path
 
 
 def outputs_root() -> Path:
@@ -40,10 +41,8 @@ def run_dir(profile: str, run_name: str = "") -> Path:
 
 def write_json(path: Path, data: object) -> Path:
     """Write JSON through a temporary file, so a crash never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     return path
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.errors import CourseError, OutOfMemory, free_gpu_memory, is_out_of_memory
+from helpers.files import atomic_path
 from helpers.runs import shown, write_json
 from helpers.secrets import read_secret
 
@@ -475,10 +476,7 @@ def save_merged(model, tokenizer, path: str | Path, *, base=None, adapter: Path 
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     if merged.dtype == torch.float32:  # the CPU trains in 32-bit; the saved model is 16-bit like the others
         merged = merged.to(torch.bfloat16)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_path(path, directory=True) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return merged

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 from helpers.datasets import vl_messages
 from helpers.errors import CourseError
+from helpers.files import atomic_path
 from helpers.hub import cache_dir, embedded_model_dir, resolve_model
 from helpers.models import _torch_dtype, clear_max_length, pick_backend, require_safetensors
 from helpers.profiles import PROFILES, TINY_VL_MODEL, Profile
@@ -192,12 +191,9 @@ def vl_config(family: str, shape: dict, processor):
 
 
 def _save_atomically(model, processor, dest: Path) -> Path:
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_path(dest, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return dest
 
 
