@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Literal, overload
 
 # --- the think block -----------------------------------------------------------------------
 # Reasoning models write "<think>…</think>" before the answer. Some chat templates put the
@@ -19,33 +20,69 @@ from functools import lru_cache
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+_TAGS = re.compile(f"{re.escape(THINK_OPEN)}|{re.escape(THINK_CLOSE)}")
 
 
-def split_think(text: str) -> tuple[str, str]:
-    """(think block, answer) of a reply; the think block is "" when there is none.
+@overload
+def split_think(text: str, *, strict: Literal[False] = False, opened: bool = False,
+                block_only: bool = False) -> tuple[str, str]: ...
+@overload
+def split_think(text: str, *, strict: Literal[True], opened: bool = False,
+                block_only: bool = False) -> tuple[str, str] | None: ...
+def split_think(text: str, *, strict: bool = False, opened: bool = False,
+                block_only: bool = False) -> tuple[str, str] | None:
+    """(think block, answer) of a reply, both stripped; the think block is "" when there is none.
 
-    Everything before the last ``</think>`` is reasoning. A reply with an opening ``<think>`` and
-    no closing tag ran out of tokens while reasoning: all of it after the tag is reasoning and
-    the answer is what came before the tag (usually nothing).
+    By default every reply is read, for scoring: everything before the last ``</think>`` is
+    reasoning (after its ``<think>``, when there is one). A reply with an opening ``<think>`` and no
+    closing tag ran out of tokens while reasoning: all of it after the tag is reasoning and the
+    answer is what came before the tag (usually nothing).
+
+    ``strict`` reads only a well-formed reply, for the format checks of 03 and 06, and gives None
+    for any other: exactly one block at the start (spaces may come first), ``<think>`` … ``</think>``
+    then the answer, no other tag anywhere. Its reasoning or answer may be "" (a block cut off
+    after closing, or an empty one): callers decide whether that counts. With ``opened`` the
+    ``<think>`` may be missing, because the prompt already opened the block; the default reading
+    takes that case always.
+
+    ``block_only`` reads a text that is a think block alone, such as a dataset's reasoning column
+    with or without its tags: all of it, the tags removed, is reasoning and the answer is "".
     """
+    if block_only:
+        return _TAGS.sub("", text).strip(), ""
+    if strict:
+        return _one_block(text, opened)
     if THINK_CLOSE in text:
         think, _, answer = text.rpartition(THINK_CLOSE)
-        before, opened, inside = think.partition(THINK_OPEN)
-        return (inside if opened else before).strip(), answer.strip()
+        before, opening, inside = think.partition(THINK_OPEN)
+        return (inside if opening else before).strip(), answer.strip()
     if THINK_OPEN in text:
         answer, _, think = text.partition(THINK_OPEN)
         return think.strip(), answer.strip()
     return "", text.strip()
 
 
-def strip_think(text: str) -> str:
-    """The reply without its think block: the part that is scored."""
-    return split_think(text)[1]
+def _one_block(text: str, opened: bool) -> tuple[str, str] | None:
+    if text.count(THINK_CLOSE) != 1 or text.count(THINK_OPEN) > 1:
+        return None
+    think, _, answer = text.partition(THINK_CLOSE)
+    if THINK_OPEN in answer:
+        return None
+    before, opening, inside = think.partition(THINK_OPEN)
+    if opening:
+        if before.strip():  # text before the block: not "a think block, then an answer"
+            return None
+        think = inside
+    elif not opened:
+        return None
+    return think.strip(), answer.strip()
 
 
-def has_think_block(text: str) -> bool:
-    """Whether the reply reasons in a closed, non-empty think block before answering."""
-    return THINK_CLOSE in text and bool(split_think(text)[0])
+def has_think_block(text: str, *, opened: bool = False) -> bool:
+    """Whether the reply opens with one closed, non-empty think block (``split_think``'s strict
+    reading; ``opened``: the prompt already opened it)."""
+    parts = split_think(text, strict=True, opened=opened)
+    return parts is not None and bool(parts[0])
 
 
 # --- the chosen letter of a multiple-choice answer ---------------------------------------
@@ -181,7 +218,7 @@ def extract_choice(text: str, choices: str = "ABCDE", *,
     letters = _letters(choices if not options else "".join(options))
     if not letters:
         return None
-    answer = unicodedata.normalize("NFKC", strip_think(text))
+    answer = unicodedata.normalize("NFKC", split_think(text)[1])
     bare = re.sub(r"[\s*_()\[\]{}【】.。:：,，!！]", "", answer)
     if len(bare) == 1 and bare.upper() in letters:  # the whole reply is one letter
         return bare.upper()
@@ -353,4 +390,4 @@ def is_correct(reply: str, gold: str, choices: str = "", options: Mapping[str, s
     if choices or options:
         chosen = extract_choice(reply, choices or "".join(options), options=options or None)
         return chosen == gold.strip().upper()
-    return names_answer(strip_think(reply), gold)
+    return names_answer(split_think(reply)[1], gold)

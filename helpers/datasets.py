@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from helpers.answers import THINK_CLOSE, THINK_OPEN, split_think
 from helpers.data_files import (
     Location,
     Unreadable,
@@ -406,7 +407,6 @@ def chance_accuracy(items: list[MCQItem]) -> float:
 # Both become an SFTExample: a question, the reasoning (the think block) and the final answer.
 
 SFT_DIR = DATA_DIR / "sft"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -459,11 +459,6 @@ class SFTSet:
         return Counter((ex.source, ex.language) for ex in self.examples)
 
 
-def _strip_think_tags(text: str) -> str:
-    # Some sources already wrap the reasoning in <think> tags; the chat format adds them once.
-    return text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
-
-
 def map_sft_rows(rows: list[dict], source: str, language: str | None) -> tuple[list[SFTExample], Counter]:
     """The rows of ``source``'s schema as SFTExamples, and a count of the rows skipped, by reason.
 
@@ -475,7 +470,9 @@ def map_sft_rows(rows: list[dict], source: str, language: str | None) -> tuple[l
         if not all(isinstance(v, str) for v in values):
             skipped["missing column"] += 1
             continue
-        question, reasoning, answer = values[0].strip(), _strip_think_tags(values[1]), values[2].strip()
+        question, answer = values[0].strip(), values[2].strip()
+        # Some sources already wrap the reasoning in think tags; the chat format adds them once.
+        reasoning = split_think(values[1], block_only=True)[0]
         if not (question and reasoning and answer):
             skipped["empty field"] += 1
         elif question in seen:

@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from helpers.answers import THINK_OPEN
 from helpers.errors import CourseError
 from helpers.models import LORA_TARGETS, add_lora, load_text_model
 from helpers.profiles import Profile
@@ -157,7 +158,8 @@ def _tail(prompt: str, chars: int = 60) -> str:
         if marker in prompt:
             prompt = prompt.rsplit(marker, 1)[1]
     prompt = prompt.split("<|im_end|>")[0]
-    prompt = re.sub(r"\s*\bassistant\s*(?:<think>)?\s*$", "", prompt).strip().replace("\n", " ")
+    prompt = re.sub(rf"\s*\bassistant\s*(?:{re.escape(THINK_OPEN)})?\s*$", "", prompt)
+    prompt = prompt.strip().replace("\n", " ")
     return prompt if len(prompt) <= chars else "…" + prompt[-chars:]
 
 

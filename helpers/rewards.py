@@ -1,8 +1,9 @@
 """What the reward functions of 06 stand on: reading completions, and small tested parsing rules.
 
-06 defines its rewards in its own cells, each a few lines over the rules here: ``split_completion``
-(the think block and the answer) and ``reasoning_steps``. Whether an answer is right is decided by
-``helpers.answers.is_correct``, the reader 02 and 04 score the exam with, so reward and score agree.
+06 defines its rewards in its own cells, each a few lines over the rules here (``reasoning_steps``,
+``has_content``) and over ``helpers.answers.split_think``, which reads the think block and the answer.
+Whether an answer is right is decided by ``helpers.answers.is_correct``, the reader 02 and 04 score
+the exam with, so reward and score agree.
 ``reward`` turns a function that scores one answer into a reward as TRL calls it,
 ``fn(completions, **kwargs) -> list[float]``: one float per completion (a plain string or a
 conversation), dataset columns arriving as keyword arguments with one value per completion
@@ -18,7 +19,6 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 MIN_STEP_WORDS = 4  # a step needs this many words (or Chinese characters) to count
 
 # --- reading completions --------------------------------------------------------------------
@@ -88,24 +88,6 @@ def reward(low: float, high: float, fallback: float = 0.0):
         return reward_function
 
     return wrap
-
-
-def split_completion(text: str) -> tuple[str, str] | None:
-    """(think block, answer) when ``text`` is one well-formed think block then the rest, else None.
-
-    The opening ``<think>`` may be missing: the prompt can already hold it (we open the think block
-    in the prompt so the model starts by reasoning). The closing tag is required, exactly once.
-    """
-    if text.count(THINK_CLOSE) != 1 or text.count(THINK_OPEN) > 1:
-        return None
-    think, _, answer = text.partition(THINK_CLOSE)
-    if THINK_OPEN in answer:
-        return None
-    if THINK_OPEN in think:
-        before, _, think = think.partition(THINK_OPEN)
-        if before.strip():  # text before the block: not "a think block, then an answer"
-            return None
-    return think.strip(), answer.strip()
 
 
 def has_content(text: str) -> bool:

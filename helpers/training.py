@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.answers import has_think_block
 from helpers.errors import CourseError, OutOfMemory, free_gpu_memory, is_out_of_memory
 from helpers.files import atomic_path
 from helpers.runs import shown, write_json
@@ -77,27 +77,9 @@ def save_trained(trainer, tokenizer, path: str | Path) -> Path:
 
 # --- think blocks -----------------------------------------------------------------------------
 
-_THINK_BLOCK = re.compile(r"\s*<think>(?P<reasoning>.*?)</think>(?P<answer>.*)", re.DOTALL)
-
-
-def split_think_block(text: str) -> tuple[str, str] | None:
-    """(reasoning, answer) when ``text`` opens with a well-formed think block, else None.
-
-    Well-formed: ``<think>`` first, non-empty reasoning with no second ``<think>`` inside, then
-    ``</think>``. The answer after it may be empty (generation can stop at the token limit).
-    """
-    match = _THINK_BLOCK.match(text)
-    if match is None:
-        return None
-    reasoning = match["reasoning"].strip()
-    if not reasoning or "<think>" in reasoning:
-        return None
-    return reasoning, match["answer"].strip()
-
-
 def think_format_rate(texts: list[str]) -> float:
-    """The fraction of ``texts`` that open with a well-formed think block (0.0 for no texts)."""
-    return sum(split_think_block(t) is not None for t in texts) / len(texts) if texts else 0.0
+    """The fraction of ``texts`` that open with a closed, non-empty think block (0.0 for no texts)."""
+    return sum(has_think_block(t) for t in texts) / len(texts) if texts else 0.0
 
 
 # --- the loss mask ----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from helpers.answers import (
     names_answer,
     normalise,
     split_think,
-    strip_think,
 )
 
 OPTIONS = {"A": "Insulin", "B": "Metformin", "C": "Sulfonylurea", "D": "Aspirin and clopidogrel",
@@ -86,9 +85,54 @@ def test_split_think_keeps_reasoning_and_answer_apart():
     assert split_think("why</think>B") == ("why", "B")  # the template opened the block
     assert split_think("<think>still thinking") == ("still thinking", "")
     assert split_think("plain answer") == ("", "plain answer")
-    assert strip_think("<think>x</think>\n\nAnswer: C") == "Answer: C"
+    assert split_think("<think>x</think>\n\nAnswer: C")[1] == "Answer: C"
     assert has_think_block("<think>x</think>y") and not has_think_block("<think></think>y")
     assert not has_think_block("<think>unfinished") and not has_think_block("y")
+
+
+# The strict reading, as 03's think-format check counts it: a closed, non-empty block at the start.
+@pytest.mark.parametrize("text, expected", [
+    ("<think>\nST elevation in II, III, aVF.\n</think>\n\nInferior STEMI.",
+     ("ST elevation in II, III, aVF.", "Inferior STEMI.")),
+    ("  <think>嗯，先排除危险信号。</think>多休息。", ("嗯，先排除危险信号。", "多休息。")),
+    ("<think>reasoning cut off by the token limit</think>", ("reasoning cut off by the token limit", "")),
+    ("<think>no closing tag, the token limit came first", None),
+    ("<think>\n\n</think>\n\nAn answer with no reasoning.", None),
+    ("<think>one <think>two</think> three", None),
+    ("The answer first. <think>then reasoning</think>", None),
+    ("reasoning</think>answer", None),  # no opening tag, and no prompt that opened it
+    ("", None),
+])
+def test_a_think_block_opens_the_reply_closed_and_non_empty(text, expected):
+    assert has_think_block(text) == (expected is not None)
+    if expected is not None:
+        assert split_think(text, strict=True) == expected
+
+
+# The strict reading as 06's rewards take it: the prompt may have opened the block.
+@pytest.mark.parametrize("text, expected", [
+    ("<think>reason</think>answer", ("reason", "answer")),
+    ("reason</think>answer", ("reason", "answer")),  # the opening tag was in the prompt
+    ("  <think>\nreason\n</think>\n\nanswer ", ("reason", "answer")),
+    ("<think>  </think>answer", ("", "answer")),  # empty, but well-formed: the caller decides
+    ("no block at all", None),
+    ("<think>never closed", None),
+    ("<think>a</think>b</think>c", None),
+    ("<think>a</think><think>b</think>c", None),
+    ("preamble <think>a</think>b", None),
+    ("<think>a</think>b <think>", None),
+])
+def test_strict_reading_of_a_completion_whose_prompt_opened_the_block(text, expected):
+    assert split_think(text, strict=True, opened=True) == expected
+
+
+@pytest.mark.parametrize("text, reasoning", [
+    ("<think>嗯，先问清楚诱因。</think>", "嗯，先问清楚诱因。"),
+    ("\nCheck the airway first.\n", "Check the airway first."),
+    ("<think>\nLow MCV.</think>\n", "Low MCV."),
+])
+def test_a_reasoning_column_is_read_as_a_block_alone(text, reasoning):
+    assert split_think(text, block_only=True) == (reasoning, "")
 
 
 @settings(max_examples=400, deadline=None)
@@ -102,8 +146,14 @@ def test_extract_choice_never_raises_and_returns_an_allowed_letter(text, choices
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
 def test_think_helpers_never_raise_and_never_leave_a_closing_tag(text):
     think, answer = split_think(text)
-    assert "</think>" not in answer and strip_think(text) == answer
+    assert "</think>" not in answer
     assert isinstance(has_think_block(text), bool)
+    for opened in (False, True):
+        found = split_think(text, strict=True, opened=opened)
+        if found is not None:
+            assert text.count("</think>") == 1 and "<think>" not in found[0] + found[1]
+            assert opened or text.lstrip().startswith("<think>")
+    assert "<think>" not in split_think(text, block_only=True)[0]
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,7 +14,6 @@ from helpers.rewards import (
     reward,
     reward_name,
     score_completions,
-    split_completion,
     teacher_reward,
 )
 
@@ -102,21 +101,6 @@ def test_every_reward_scores_conversations_like_strings(format_reward, reasoning
     for fn in (format_reward, reasoning_steps_reward, length_reward):
         assert fn([chat(GOOD)]) == fn([GOOD])
     assert accuracy_reward([chat(GOOD)], answer=["Iron deficiency anemia"]) == [1.0]
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("<think>reason</think>answer", ("reason", "answer")),
-    ("reason</think>answer", ("reason", "answer")),  # the opening tag was in the prompt
-    ("  <think>\nreason\n</think>\n\nanswer ", ("reason", "answer")),
-    ("no block at all", None),
-    ("<think>never closed", None),
-    ("<think>a</think>b</think>c", None),
-    ("<think>a</think><think>b</think>c", None),
-    ("preamble <think>a</think>b", None),
-    ("<think>a</think>b <think>", None),
-])
-def test_split_completion(text, expected):
-    assert split_completion(text) == expected
 
 
 # --- format -------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ import pytest
 import torch
 from callbacks import StepCounter
 from datasets import Dataset
-from hypothesis import given
-from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -61,28 +59,6 @@ def make_trainer(folder: Path, output_dir: Path, lr: float = 1e-3, steps: int = 
 
 
 # --- think blocks ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, expected", [
-    ("<think>\nST elevation in II, III, aVF.\n</think>\n\nInferior STEMI.",
-     ("ST elevation in II, III, aVF.", "Inferior STEMI.")),
-    ("  <think>嗯，先排除危险信号。</think>多休息。", ("嗯，先排除危险信号。", "多休息。")),
-    ("<think>reasoning cut off by the token limit</think>", ("reasoning cut off by the token limit", "")),
-    ("<think>no closing tag, the token limit came first", None),
-    ("<think>\n\n</think>\n\nAn answer with no reasoning.", None),
-    ("<think>one <think>two</think> three", None),
-    ("The answer first. <think>then reasoning</think>", None),
-    ("", None),
-])
-def test_split_think_block(text, expected):
-    assert training.split_think_block(text) == expected
-
-
-@given(st.text())
-def test_split_think_block_never_raises(text):
-    found = training.split_think_block(text)
-    if found is not None:
-        assert text.lstrip().startswith("<think>") and "</think>" in text and found[0]
-
 
 def test_think_format_rate():
     assert training.think_format_rate(["<think>a</think>b", "b", "<think>c</think>", "<think>"]) == 0.5
