@@ -59,26 +59,18 @@ def accuracy_by(preds: Sequence[str | None], golds: Sequence[str], groups: Seque
 
 
 def mean_interval(values: Sequence[float]) -> dict:
-    """mean, a normal-approximation 95% interval lo/hi (clipped to [0, 1]), and n."""
+    """The mean of per-item scores in [0, 1] with its 95% t-interval: mean, lo, hi (clipped to [0, 1],
+    where the scores live) and n.
+
+    With fewer than two values nothing is known about the spread, so the interval is all of [0, 1]
+    (and the mean of no values is 0.0), as ``wilson_interval`` does for no answers; ``n`` says why.
+    """
     n = len(values)
-    if n == 0:
-        return {"mean": 0.0, "lo": 0.0, "hi": 1.0, "n": 0}
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = Z95 * sd / math.sqrt(n)
-    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
-
-
-def t_interval(values: Sequence[float]) -> dict | None:
-    """The mean of per-item scores with its 95% t-interval (clipped to [0, 1], where the scores live),
-    or None with fewer than two values: one says nothing about the spread. ``mean_interval`` above is the
-    normal approximation, kept for the case scores it has always given."""
-    from scipy import stats  # only where an interval is drawn: metrics is imported everywhere
-
-    n = len(values)
+    mean = sum(values) / n if n else 0.0
     if n < 2:
-        return None
-    mean = sum(values) / n
+        return {"mean": mean, "lo": 0.0, "hi": 1.0, "n": n}
+    from scipy import stats  # here, not at the top: metrics is imported everywhere, scipy is slow to load
+
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from helpers.metrics import RedTeamPrompt, score_redteam, t_interval
+from helpers.metrics import RedTeamPrompt, mean_interval, score_redteam
 from helpers.runs import load_metrics
 
 SAME_LETTER_SHARE = 0.75  # a model that gives one letter to this share of the questions has a habit
@@ -116,8 +116,8 @@ def _vl_cell(vl: dict, score: str, when: str) -> str:
     if "per_image" not in vl:  # saved by a 05 from before the per-image scores
         return f"{mean:.3f} (n={vl['held_out']} images; rerun 05 for an interval)"
     values = [row[f"{score}_{when}"] for row in vl["per_image"] if row.get(f"{score}_{when}") is not None]
-    interval = t_interval(values)
-    if interval is None:
+    interval = mean_interval(values)
+    if interval["n"] < 2:  # one image says nothing about the spread
         return f"{mean:.3f} (n={len(values)} image{'' if len(values) == 1 else 's'}: no interval)"
     return f"{interval['mean']:.3f} ({interval['lo']:.3f}–{interval['hi']:.3f}, n={interval['n']} images)"
 

@@ -82,6 +82,20 @@ def test_mcnemar_and_mean_interval():
     assert result["mean"] == pytest.approx(0.4) and result["lo"] < 0.4 < result["hi"] and result["n"] == 3
 
 
+def test_the_mean_interval_is_the_t_interval_a_hand_computes():
+    # 0.4, 0.45, 0.5, 0.55, 0.6, 0.5: mean 0.5, sd sqrt(0.025 / 5) = 0.070711, se 0.028868;
+    # t(0.975, df 5) = 2.570582 (t table), half width 0.074206.
+    interval = mean_interval([0.4, 0.45, 0.5, 0.55, 0.6, 0.5])
+    assert interval == {"mean": pytest.approx(0.5), "lo": pytest.approx(0.425794, abs=1e-6),
+                        "hi": pytest.approx(0.574206, abs=1e-6), "n": 6}
+    assert mean_interval([0.0, 1.0, 1.0]) == {"mean": pytest.approx(2 / 3), "lo": 0.0, "hi": 1.0, "n": 3}
+
+
+def test_fewer_than_two_scores_leave_the_whole_range_open():
+    assert mean_interval([0.3]) == {"mean": 0.3, "lo": 0.0, "hi": 1.0, "n": 1}
+    assert mean_interval([]) == {"mean": 0.0, "lo": 0.0, "hi": 1.0, "n": 0}
+
+
 def test_safety_keywords_respect_negation_in_the_same_clause():
     lists = SafetyLists.load()
     assert find_keywords("可以自行停药。", lists.risky, lists.negations) == ["自行停药"]

@@ -1,6 +1,5 @@
 """helpers.readout: the sentences printed next to the numbers, on the shapes real runs produce."""
 
-import pytest
 
 from helpers import metrics, readout
 from helpers.datasets import MCQItem
@@ -107,13 +106,6 @@ def test_vl_rows_without_per_image_scores_or_with_one_image_say_there_is_no_inte
     assert readout.recap_rows(tmp_path)[1]["image report ROUGE-L"] == "0.160 (n=1 image: no interval)"
 
 
-def test_the_t_interval_matches_a_hand_computed_one():
-    # 0.4, 0.45, 0.5, 0.55, 0.6, 0.5: mean 0.5, sd sqrt(0.025 / 5) = 0.070711, se 0.028868;
-    # t(0.975, df 5) = 2.570582 (t table), half width 0.074206.
-    interval = readout.t_interval([0.4, 0.45, 0.5, 0.55, 0.6, 0.5])
-    assert interval == {"mean": pytest.approx(0.5), "lo": pytest.approx(0.425794, abs=1e-6),
-                        "hi": pytest.approx(0.574206, abs=1e-6), "n": 6}
-    assert readout.t_interval([0.3]) is None and readout.t_interval([]) is None
 
 
 def _redteam_run(tmp_path, replies: dict[str, dict[str, str]]):
