@@ -83,6 +83,15 @@ def data_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def local_files(path: Path, expected: str) -> list[Path]:
+    """``path`` itself when it is a file, else every data file in the folder; a folder with none is
+    one sentence, ``expected`` saying what the files should be."""
+    files = [path] if path.is_file() else data_files(path)
+    if not files:
+        raise CourseError(f"No data files in {path}: {expected}.")
+    return files
+
+
 def pick_file(path: Path, patterns: tuple[str, ...], what: str) -> Path:
     """``path`` itself when it is a file, else the first file in the folder matching ``patterns``."""
     if path.is_file():

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import CourseError
+from helpers.data_files import read_records
 from helpers.datasets import (
     MCQItem,
     OpenItem,
@@ -18,7 +19,6 @@ from helpers.datasets import (
     mcq_prompt,
     open_prompt,
     read_eval_source,
-    read_records,
     sample_balanced,
     save_items,
 )

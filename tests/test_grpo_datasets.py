@@ -54,7 +54,7 @@ def test_unusable_exam_rows_are_counted_with_their_reason(change, reason, tmp_pa
     path = tmp_path / "exam.json"
     broken = {**CMB_ROW, **change, "question": change.get("question", "另一题")}
     path.write_text(json.dumps([CMB_ROW, broken]))
-    source = ds.GRPOSource("cmb-exam", "mcq", "x/y", ("*",), str(path))
+    source = ds.Source("cmb-exam", "mcq", "x/y", ("*",), str(path))
     monkeypatch.setitem(ds.GRPO_SOURCES, "cmb-exam", source)
     items, [report] = load_grpo_items(["cmb-exam"], 10, offline=True, held_out=set())
     assert len(items) == 1 and report[f"skipped: {reason}"] == 1 and report["read"] == 2
@@ -104,7 +104,7 @@ def test_duplicates_and_broken_lines_are_counted_not_fatal(tmp_path, monkeypatch
     path = tmp_path / "problems.jsonl"
     path.write_text(json.dumps(row) + "\n{not json\n" + json.dumps({**row, "Open-ended Verifiable Question":
                                                                          "which  vitamin"}) + "\n")
-    monkeypatch.setitem(ds.GRPO_SOURCES, "local", ds.GRPOSource("local", "open", "x/y", ("*",), str(path)))
+    monkeypatch.setitem(ds.GRPO_SOURCES, "local", ds.Source("local", "open", "x/y", ("*",), str(path)))
     items, [report] = load_grpo_items(["local"], 10, offline=True)
     assert len(items) == 1
     assert report["skipped: malformed"] == 1 and report["skipped: duplicate"] == 1 and report["read"] == 3
@@ -115,7 +115,7 @@ def test_unknown_source_and_broken_json_are_one_sentence(tmp_path, monkeypatch):
         load_grpo_items(["pubmedqa"], 4, offline=True)
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
-    monkeypatch.setitem(ds.GRPO_SOURCES, "bad", ds.GRPOSource("bad", "open", "x/y", ("*",), str(bad)))
+    monkeypatch.setitem(ds.GRPO_SOURCES, "bad", ds.Source("bad", "open", "x/y", ("*",), str(bad)))
     with pytest.raises(CourseError, match="is not valid JSON"):
         load_grpo_items(["bad"], 4, offline=True)
 

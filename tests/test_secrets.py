@@ -71,7 +71,8 @@ _KEY_IN_CODE = [
 ]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS + sorted((ROOT / "helpers").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS + sorted((ROOT / "helpers").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_key_is_written_in_code_and_remote_code_stays_off(path):
     if path.suffix == ".ipynb":
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]

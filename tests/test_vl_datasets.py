@@ -89,7 +89,7 @@ def test_held_out_rows_never_overlap_training_rows(monkeypatch):
         calls.append((split, start, n))
         return table[start:start + n]
 
-    monkeypatch.setattr(datasets, "_hub_rows", fake_rows)
+    monkeypatch.setattr(datasets.vl, "_hub_rows", fake_rows)
     train, held_out = datasets.load_vl_sets(source.hub_id, 4, 3)
     assert calls == [("train", 0, 4), ("train", 4, 3)]
     assert not {ex["id"] for ex in train.examples} & {ex["id"] for ex in held_out.examples}
@@ -195,7 +195,7 @@ def test_hub_rows_are_checked_the_same_way_and_all_held_out_twins_is_one_sentenc
              "test": [{"image": image("head_ct_skull_base_bone.png"), "id": "h0", "caption": "Bone window."},
                       {"image": image("pelvis_us.png"), "id": "h1", "caption": "Pelvic ultrasound."}]}
     source = datasets.VL_SOURCES["UCSC-VLAA/MedTrinity-25M"]  # its one split: held-out rows follow
-    monkeypatch.setattr(datasets, "_hub_rows", lambda src, split, start, n, hub: table[
+    monkeypatch.setattr(datasets.vl, "_hub_rows", lambda src, split, start, n, hub: table[
         "train" if start == 0 else "test"][:n])
     _, held_out = datasets.load_vl_sets(source.hub_id, 2, 2)
     assert [ex["id"] for ex in held_out.examples] == ["h1"]
