@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from helpers.profiles import pick_profile
-
 # The libraries whose versions matter when something breaks; read from package metadata,
 # never imported, so that detection stays fast and works where unsloth would fail to import.
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate",
@@ -47,6 +45,18 @@ class EnvReport:
             f"profile   {self.profile}",
         ]
         return "\n".join(lines)
+
+
+def pick_profile(has_cuda: bool, vram_gb: float = 0.0, bf16: bool = False) -> str:
+    """The profile (a name in helpers.profiles.PROFILES) for a machine: no CUDA → cpu; small or
+    pre-Ampere GPUs → t4."""
+    if not has_cuda:
+        return "cpu"
+    if vram_gb < 20 or not bf16:
+        return "t4"
+    if vram_gb < 48:
+        return "24gb"
+    return "80gb"
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:

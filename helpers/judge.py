@@ -14,11 +14,10 @@ same scores. ``ask_judge`` is the one call to the endpoint; ``judge_answer`` sco
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from helpers.secrets import hide_secrets, read_secret
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 RUBRIC = ("safety", "reasoning", "completeness", "empathy")
+MAX_RETRIES = 2  # a busy endpoint (429, 5xx) or a dropped connection is asked again, with backoff
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,6 @@ def judge_config(model: str | None = None, base_url: str | None = None) -> Judge
     )
 
 
-def _post(url: str, payload: dict, api_key: str, timeout: float) -> dict:
-    """POST JSON, return JSON: the only function that touches the network (tests replace it)."""
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode("utf-8"), method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read().decode("utf-8"))
-
-
 def ask_judge(
     prompt: str,
     *,
@@ -93,16 +83,22 @@ def ask_judge(
     if cached.is_file():
         return json.loads(cached.read_text(encoding="utf-8"))["reply"]
     url = f"{config.base_url}/chat/completions"
+    if importlib.util.find_spec("openai") is None:
+        raise CourseError("The judge calls its endpoint with the openai package: pip install openai.")
+    import openai
+
+    from helpers.serving import openai_client
+
+    client = openai_client(config.base_url, config.api_key, max_retries=MAX_RETRIES, timeout_s=timeout)
     try:
-        answer = _post(url, payload, config.api_key, timeout)
-        reply = answer["choices"][0]["message"]["content"] or ""
-    except urllib.error.HTTPError as err:
-        raise CourseError(f"The judge at {url} answered HTTP {err.code}: check JUDGE_API_KEY, "
+        reply = client.chat.completions.create(**payload).choices[0].message.content or ""
+    except openai.APIStatusError as err:
+        raise CourseError(f"The judge at {url} answered HTTP {err.status_code}: check JUDGE_API_KEY, "
                           "JUDGE_BASE_URL and JUDGE_MODEL.") from err
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
+    except openai.APIConnectionError as err:  # refused, reset or timed out, after the retries
         raise CourseError(hide_secrets(f"Cannot reach the judge at {url} ({err}): "
                                        "check JUDGE_BASE_URL and the network.")) from err
-    except (KeyError, IndexError, TypeError, ValueError) as err:
+    except (openai.APIResponseValidationError, AttributeError, IndexError, TypeError, ValueError) as err:
         raise CourseError(f"The judge at {url} did not answer like an OpenAI-compatible endpoint.") from err
     with atomic_path(cached) as tmp:
         tmp.write_text(json.dumps({"request": payload, "reply": reply}, ensure_ascii=False), encoding="utf-8")

@@ -109,21 +109,10 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def pick_profile(has_cuda: bool, vram_gb: float = 0.0, bf16: bool = False) -> str:
-    """The profile name for a machine: no CUDA → cpu; small or pre-Ampere GPUs → t4."""
-    if not has_cuda:
-        return "cpu"
-    if vram_gb < 20 or not bf16:
-        return "t4"
-    if vram_gb < 48:
-        return "24gb"
-    return "80gb"
-
-
 def get_profile(name: str, **overrides: object) -> Profile:
     """The profile called ``name`` ("auto" detects the hardware), with any values overridden."""
     if name == "auto":
-        from helpers.env import detect  # imported here: detection loads torch
+        from helpers.env import detect  # imported here: detection loads torch (env imports nothing of this)
 
         name = detect().profile
     if name not in PROFILES:

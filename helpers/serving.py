@@ -271,6 +271,17 @@ def start_server(model_path: str | Path, *, log_path: str | Path, host: str = LO
     return server
 
 
+def openai_client(base_url: str, api_key: str, *, max_retries: int = 2, timeout_s: float = 60.0):
+    """The ``openai`` SDK's client for any OpenAI-compatible endpoint, retrying ``max_retries`` times
+    (connection errors, 408/409/429 and 5xx, with backoff). The SDK insists on a key: any string does for
+    a local server. A server on this machine is reached directly, never through a proxy set for the web."""
+    import openai
+
+    extra = {"http_client": openai.DefaultHttpxClient(trust_env=False)} if _is_loopback(base_url) else {}
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout_s,
+                         **extra)
+
+
 def chat(base_url: str, model: str, messages: list[dict], *, stream: bool = True, max_tokens: int = 256,
          temperature: float = 0.0, timeout_s: float = 120.0) -> Iterator[str]:
     """The reply of the OpenAI-compatible endpoint at ``base_url``, in pieces as the server writes them.
@@ -281,9 +292,7 @@ def chat(base_url: str, model: str, messages: list[dict], *, stream: bool = True
     """
     import openai
 
-    extra = {"http_client": openai.DefaultHttpxClient(trust_env=False)} if _is_loopback(base_url) else {}
-    # A local server needs no key; the SDK insists on one, and any string will do.
-    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=1, timeout=timeout_s, **extra)
+    client = openai_client(base_url, "none", max_retries=1, timeout_s=timeout_s)  # local: no key needed
     request = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
     try:
         if not stream:

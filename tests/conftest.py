@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,47 @@ def _git_status() -> list[str]:
     done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
                           capture_output=True, text=True)
     return done.stdout.splitlines() if done.returncode == 0 else []
+
+
+# --- a local OpenAI-compatible endpoint, for the judge and the teacher reward --------------------------
+
+SCORES = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+    "role": "assistant", "content": '{"safety": 5, "reasoning": 4, "completeness": 3, "empathy": 2}'}}],
+    "id": "x", "object": "chat.completion", "created": 0, "model": "grader"}
+
+
+class Endpoint:
+    """A local OpenAI-compatible endpoint: records each request, answers from a script, then SCORES."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict, str]] = []
+        self.script: list[tuple[int, dict]] = []  # (HTTP status, body) for the next requests, in order
+        self.respond = lambda body: (200, SCORES)  # after the script: an answer made from the request
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.calls.append((self.path, body, self.headers.get("Authorization", "")))
+                status, reply = endpoint.script.pop(0) if endpoint.script else endpoint.respond(body)
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # the system picks a free port
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def chat_endpoint():
+    """An OpenAI-compatible endpoint on 127.0.0.1 that records requests and answers from a script."""
+    served = Endpoint()
+    yield served
+    served.server.shutdown()

@@ -3,7 +3,8 @@ from dataclasses import fields
 import pytest
 
 from helpers import CourseError
-from helpers.profiles import EMBEDDED_MODEL, PROFILES, Profile, get_profile, pick_profile
+from helpers.env import pick_profile
+from helpers.profiles import EMBEDDED_MODEL, PROFILES, Profile, get_profile
 
 
 def test_every_profile_is_complete_and_named_by_its_key():

@@ -2,6 +2,7 @@ import functools
 import math
 
 import pytest
+from conftest import SCORES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -378,25 +379,23 @@ def test_steps_reward_never_exceeds_the_cap_however_many_steps(reasoning_steps_r
     assert score * cap == pytest.approx(min(len(reasoning_steps(text[7:].split("</think>")[0])), cap))
 
 
-def test_teacher_reward_uses_the_course_judge_client_and_its_cache(monkeypatch, tmp_path):
-    from helpers import judge
-
+def test_teacher_reward_uses_the_course_judge_client_and_its_cache(chat_endpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("JUDGE_API_KEY", "test-key")
+    monkeypatch.setenv("JUDGE_BASE_URL", chat_endpoint.url)
     monkeypatch.setenv("JUDGE_CACHE", str(tmp_path))
-    posted = []
 
-    def fake_post(url, payload, api_key, timeout):
-        posted.append(payload)
-        graded = payload["messages"][-1]["content"].split("Reply to grade:")[1]
-        return {"choices": [{"message": {"content": "7" if "Naloxone" in graded else "1"}}]}
+    def grade(body):
+        graded = body["messages"][-1]["content"].split("Reply to grade:")[1]
+        return 200, {**SCORES, "choices": [{**SCORES["choices"][0], "message": {
+            "role": "assistant", "content": "7" if "Naloxone" in graded else "1"}}]}
 
-    monkeypatch.setattr(judge, "_post", fake_post)
+    chat_endpoint.respond = grade
     assert rewards.teacher_available()
     completions = ["</think>Naloxone", "</think>Aspirin"]
     first = teacher_reward(completions, answer=["Naloxone"] * 2, question=["Which antidote?"] * 2)
     again = teacher_reward(completions, answer=["Naloxone"] * 2, question=["Which antidote?"] * 2)
     assert first == again == pytest.approx([0.7, 0.1])
-    assert len(posted) == 2  # the second batch came from the disk cache
+    assert len(chat_endpoint.calls) == 2  # the second batch came from the disk cache
     monkeypatch.delenv("JUDGE_API_KEY")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert not rewards.teacher_available()
