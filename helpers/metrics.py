@@ -8,7 +8,6 @@ block is graded, and the reasoning is kept in the saved record for people to rea
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections import Counter
@@ -24,17 +23,14 @@ from helpers.answers import extract_choice, has_think_block, split_think
 # It stays inside [0, 1] and behaves well for small n and accuracies near 0 or 1, where the
 # textbook "p ± 1.96·sqrt(p(1-p)/n)" interval fails.
 
-Z95 = 1.959964
-
-
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The 95% Wilson score interval for ``correct`` successes out of ``n``; (0, 1) when n is 0."""
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval for ``correct`` successes out of ``n`` (scipy); (0, 1) when n is 0."""
     if n <= 0:
         return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    from scipy.stats import binomtest  # imported here: scipy takes a second to load
+
+    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return max(0.0, interval.low), min(1.0, interval.high)
 
 
 def accuracy(preds: Sequence[str | None], golds: Sequence[str]) -> dict:
@@ -71,22 +67,22 @@ def mean_interval(values: Sequence[float]) -> dict:
         return {"mean": mean, "lo": 0.0, "hi": 1.0, "n": n}
     from scipy import stats  # here, not at the top: metrics is imported everywhere, scipy is slow to load
 
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": n}
+    sem = float(stats.sem(values))
+    lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=sem) if sem > 0 else (mean, mean)
+    return {"mean": mean, "lo": max(0.0, float(lo)), "hi": min(1.0, float(hi)), "n": n}
 
 
 def mcnemar_p(fixed: int, broken: int) -> float:
     """Exact two-sided McNemar p-value: could ``fixed`` vs ``broken`` answers arise by chance?
 
     On the same questions only the answers that changed carry information. If fine-tuning did
-    nothing, a change is as likely to fix as to break, like a fair coin.
+    nothing, a change is as likely to fix as to break, like a fair coin: the exact binomial test.
     """
-    n = fixed + broken
-    if n == 0:
+    if fixed + broken == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+
+    return float(binomtest(fixed, fixed + broken, 0.5).pvalue)
 
 
 # --- open answers: ROUGE-L and safety heuristics -------------------------------------------
