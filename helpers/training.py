@@ -125,7 +125,10 @@ def checkpoint_step(path: Path) -> int:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    """The latest complete checkpoint in ``folder`` (one interrupted while saving is passed over)."""
+    """The latest complete checkpoint in ``folder`` (one interrupted while saving is passed over).
+
+    Not ``transformers.trainer_utils.get_last_checkpoint``: it takes the highest ``checkpoint-N`` folder
+    even when the kernel died while writing it, and resuming from that one fails."""
     complete = [p for p in Path(folder).glob("checkpoint-*")
                 if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(complete, key=checkpoint_step, default=None)
