@@ -317,3 +317,52 @@ def summarise(mcq: dict, open_answers: dict | None = None, truncated: float | No
 def hit_token_limit(records: Sequence[dict], max_new_tokens: int) -> float:
     """The share of replies cut off by the token limit: their answers may be missing."""
     return sum(r["new_tokens"] >= max_new_tokens for r in records) / len(records) if records else 0.0
+
+
+# --- image reports: the findings a report names ------------------------------------------------
+
+# Findings vocabulary: imaging modality, view, anatomy and finding words a report should name.
+# Each entry lists the spellings that count as the same finding.
+FINDINGS_TERMS: dict[str, tuple[str, ...]] = {
+    "ct": ("ct", "computed tomography"), "mri": ("mr", "mri", "magnetic resonance"),
+    "radiograph": ("radiograph", "x-ray", "xray"), "ultrasound": ("ultrasound", "sonograph"),
+    "doppler": ("doppler",), "echocardiogram": ("echocardiogram", "echocardiography"),
+    "scintigraphy": ("scintigraphy", "bone scan", "nuclear medicine"),
+    "axial": ("axial",), "coronal": ("coronal",), "sagittal": ("sagittal",),
+    "frontal": ("frontal", "posteroanterior", "anteroposterior"),
+    "contrast": ("contrast", "enhanced", "enhancing", "enhance"), "window": ("window",),
+    "head": ("head", "skull", "brain", "cerebellum", "temporal lobe"),
+    "chest": ("chest", "thorax", "thoracic"),
+    "lung": ("lung", "pulmonary"), "heart": ("heart", "cardiac", "ventricle", "atrium", "aorta", "aortic"),
+    "abdomen": ("abdomen", "abdominal"), "liver": ("liver", "hepatic"), "kidney": ("kidney", "renal"),
+    "pelvis": ("pelvis", "pelvic", "bladder"), "spine": ("spine", "vertebra", "vertebral", "spinal"),
+    "bone": ("bone", "skeleton", "skeletal", "marrow", "tibia", "fibula", "humerus", "humeral", "rib"),
+    "shoulder": ("shoulder", "glenoid", "acromion"), "vessel": ("vessel", "artery", "vein", "blood flow"),
+    "lymph node": ("lymph node",), "lesion": ("lesion", "mass", "tumour", "tumor", "fibroma"),
+    "nodule": ("nodule", "nodular", "opacity", "opacities"), "fracture": ("fracture",),
+    "fluid": ("fluid", "effusion", "anechoic", "cyst"), "normal": ("normal", "unremarkable"),
+}
+
+
+def findings_terms(text: str) -> set[str]:
+    """The findings vocabulary entries a text mentions (word boundaries; a trailing plural 's' allowed)."""
+    lowered = text.lower()
+    return {term for term, spellings in FINDINGS_TERMS.items()
+            if any(re.search(rf"\b{re.escape(spelling)}s?\b", lowered) for spelling in spellings)}
+
+
+def keyword_recall(prediction: str, reference: str) -> float | None:
+    """The share of the reference's findings terms the prediction also names (None if it has none)."""
+    wanted = findings_terms(reference)
+    if not wanted:
+        return None
+    return len(wanted & findings_terms(prediction)) / len(wanted)
+
+
+def score_captions(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-L and mean findings-keyword recall over pairs of prediction and reference."""
+    rouge = [rouge_l(p, r) for p, r in zip(predictions, references, strict=True)]
+    recalls = [k for k in (keyword_recall(p, r) for p, r in zip(predictions, references, strict=True))
+               if k is not None]
+    return {"rouge_l": sum(rouge) / len(rouge) if rouge else 0.0,
+            "keyword_recall": sum(recalls) / len(recalls) if recalls else 0.0}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import CourseError, vision
+from helpers import CourseError, metrics, vision
 from helpers.datasets import vl_messages
 from helpers.models import count_parameters
 
@@ -158,16 +158,16 @@ def test_offline_a_hub_model_falls_back_to_the_tiny_one(monkeypatch, capsys):
 
 def test_findings_keyword_recall_counts_terms_not_wording():
     reference = "Axial CT of the chest: multiple nodules in both lungs."
-    assert vision.findings_terms(reference) == {"axial", "ct", "chest", "nodule", "lung"}
+    assert metrics.findings_terms(reference) == {"axial", "ct", "chest", "nodule", "lung"}
     synonyms = "Computed tomography, axial, of the thorax with pulmonary nodules"
-    assert vision.keyword_recall(synonyms, reference) == 1.0
-    assert vision.keyword_recall("An MR image of the knee", reference) == 0.0
-    assert vision.keyword_recall("anything", "The end.") is None
-    assert "ct" not in vision.findings_terms("the doctor acted")  # whole words only
+    assert metrics.keyword_recall(synonyms, reference) == 1.0
+    assert metrics.keyword_recall("An MR image of the knee", reference) == 0.0
+    assert metrics.keyword_recall("anything", "The end.") is None
+    assert "ct" not in metrics.findings_terms("the doctor acted")  # whole words only
 
 
 def test_score_captions_averages_over_pairs_and_skips_references_without_terms():
-    scores = vision.score_captions(["axial ct", "hello"], ["axial ct", "nothing to see"])
+    scores = metrics.score_captions(["axial ct", "hello"], ["axial ct", "nothing to see"])
     assert scores["rouge_l"] == pytest.approx(0.5)
     assert scores["keyword_recall"] == 1.0
 
