@@ -26,6 +26,7 @@ TITLES = {"base": "Base model", "sft": "After SFT (03)", "grpo": "After GRPO (06
           "vl-base": "Base VL model", "vl-sft": "After VL SFT (05)"}
 
 OnText = Callable[[str], None]
+SHOW_EVERY_S = 0.1  # a streamed answer is shown at most this often (a browser cannot draw faster anyway)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Answer:
     new_tokens: int
     seconds: float
     flags: list[str] = field(default_factory=list)
-    latency: float = 0.0  # seconds until the first new token
+    latency: float = 0.0  # seconds until the first words of the answer appear
     prompt_tokens: int = 0  # what the model read first: a chat re-reads the whole conversation each turn
 
     @property
@@ -101,39 +102,6 @@ def screen(answer: str, lists: SafetyLists | None = None) -> list[str]:
 
 # --- answering, token by token ------------------------------------------------------------------
 
-class TextStream:
-    """Receives the tokens ``generate`` makes, one step at a time, and shows the text so far.
-
-    ``generate`` calls ``put`` with the prompt first, then with each new token; ``on_text`` gets the
-    decoded reply at most every ``every`` seconds, and once more at the end.
-    """
-
-    def __init__(self, tokenizer, on_text: OnText | None = None, every: float = 0.1):
-        self.tokenizer, self.on_text, self.every = tokenizer, on_text, every
-        self.ids: list[int] = []
-        self.prompt_seen = False
-        self.first_token_at: float | None = None
-        self.shown_at = 0.0
-
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # the prompt, which is not part of the reply
-            self.prompt_seen = True
-            return
-        now = time.perf_counter()
-        self.first_token_at = self.first_token_at or now
-        self.ids += value.reshape(-1).tolist()
-        if self.on_text and now - self.shown_at >= self.every:
-            self.shown_at = now
-            self.on_text(self.text())
-
-    def end(self) -> None:
-        if self.on_text:
-            self.on_text(self.text())
-
-    def text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
-
-
 def print_stream() -> OnText:
     """An ``on_text`` that prints a reply as it is written: each call prints what is new since the last."""
     shown = [""]
@@ -160,23 +128,49 @@ def answer_one(model, tokenizer, question: str | list[dict], label: str, *, max_
 
     ``question`` is one question, or a conversation ending with the user's turn (a chat's history).
     """
+    import threading
+
     import torch
+    from transformers import TextIteratorStreamer
 
     inputs = tokenizer([chat_prompt(tokenizer, question, system)], return_tensors="pt",
                        add_special_tokens=False).to(model.device)
-    stream = TextStream(tokenizer, on_text)
+    # generate() writes into the streamer from a thread of its own; this one reads the text as it comes.
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    done: dict = {}
+
+    def generate() -> None:
+        try:
+            with torch.inference_mode():  # per thread: it must be entered here
+                done["ids"] = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                                             pad_token_id=tokenizer.pad_token_id, **sampling(temperature))
+        except Exception as error:  # raised again below, in the caller's thread
+            done["error"] = error
+            streamer.end()  # ends the reading loop
+
     model.eval()
-    began = time.perf_counter()
-    with use_model(model, label), torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=stream,
-                       pad_token_id=tokenizer.pad_token_id, **sampling(temperature))
+    began, first, text, shown_at = time.perf_counter(), None, "", 0.0
+    with use_model(model, label):
+        writer = threading.Thread(target=generate, daemon=True)
+        writer.start()
+        for piece in streamer:
+            now = time.perf_counter()
+            first, text = first or now, text + piece
+            if on_text and now - shown_at >= SHOW_EVERY_S:
+                shown_at = now
+                on_text(text.strip())
+        writer.join()
+    if "error" in done:
+        raise done["error"]
     seconds = time.perf_counter() - began
-    latency = (stream.first_token_at or began + seconds) - began
+    new_ids = done["ids"][0, inputs["input_ids"].shape[1]:].tolist()
+    reply = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+    if on_text:
+        on_text(reply)
     eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    new_tokens = sum(token not in eos for token in stream.ids)
-    think, answer = split_think(stream.text())
-    return Answer(label, think, answer, new_tokens, seconds, screen(answer, lists), latency,
-                  inputs["input_ids"].shape[1])
+    think, answer = split_think(reply)
+    return Answer(label, think, answer, sum(token not in eos for token in new_ids), seconds,
+                  screen(answer, lists), (first or began + seconds) - began, inputs["input_ids"].shape[1])
 
 
 def ask(model, tokenizer, question: str, labels: list[str], *, max_new_tokens: int = 256,
