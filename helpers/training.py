@@ -410,16 +410,24 @@ def qwen3_parameter_counts(model_id: str, targets: tuple[str, ...]) -> Parameter
 
 
 # Bytes per parameter. Full fine-tuning with AdamW keeps a 16-bit weight, its 16-bit gradient and two
-# 32-bit moments (2 + 2 + 8); a trainable LoRA parameter costs the same. Frozen weights cost 2 bytes in
-# 16-bit, about 0.56 in 4-bit NF4 (4 bits plus the block scales).
-_FULL, _FROZEN_16, _FROZEN_4 = 12.0, 2.0, 0.56
+# moments: 32-bit (2 + 2 + 8 = 12), or 8-bit as bitsandbytes' AdamW keeps them (2 + 2 + 2 = 6), which the
+# course uses on a GPU (``optimizer_name``). A trainable LoRA parameter costs the same. Frozen weights
+# cost 2 bytes in 16-bit, about 0.56 in 4-bit NF4 (4 bits plus the block scales).
+_FROZEN_16, _FROZEN_4 = 2.0, 0.56
 
 
-def training_memory_gb(counts: ParameterCounts, method: str, r: int) -> float:
+def _trained_bytes(optimizer_bits: int) -> float:
+    if optimizer_bits not in (8, 32):
+        raise CourseError(f"optimizer_bits is 8 or 32 (the moments' precision), not {optimizer_bits}.")
+    return 2 + 2 + 2 * optimizer_bits / 8
+
+
+def training_memory_gb(counts: ParameterCounts, method: str, r: int, optimizer_bits: int = 32) -> float:
     """GB of weights, gradients and optimizer state to train with ``method`` (activations come on top)."""
-    adapters = counts.lora_per_rank * r * _FULL
+    trained = _trained_bytes(optimizer_bits)
+    adapters = counts.lora_per_rank * r * trained
     if method == "full":
-        total = counts.total * _FULL
+        total = counts.total * trained
     elif method == "lora-16bit":
         total = counts.total * _FROZEN_16 + adapters
     elif method == "qlora-4bit":
@@ -429,11 +437,16 @@ def training_memory_gb(counts: ParameterCounts, method: str, r: int) -> float:
     return total / 1024**3
 
 
-def memory_table(models: dict[str, ParameterCounts], r: int) -> list[dict]:
+def memory_table(models: dict[str, ParameterCounts], r: int, optimizer_bits: int = 32) -> list[dict]:
     """One row per model: its size and the GB each method needs before activations."""
     return [{"model": name, "parameters (B)": round(c.total / 1e9, 2),
-             **{method: round(training_memory_gb(c, method, r), 1) for method in METHODS}}
+             **{method: round(training_memory_gb(c, method, r, optimizer_bits), 1) for method in METHODS}}
             for name, c in models.items()]
+
+
+# Peak GPU memory measured on an H200 with 03's 80gb settings (docs/benchmarks.md, section 7), GiB.
+MEASURED_PEAK_GIB = {("Qwen/Qwen3-1.7B", "full"): 13.5, ("Qwen/Qwen3-1.7B", "lora-16bit"): 4.9,
+                     ("Qwen/Qwen3-8B", "lora-16bit"): 18.6}
 
 
 # --- a standalone model -----------------------------------------------------------------------

@@ -312,6 +312,11 @@ def test_memory_table_orders_the_methods():
     [row] = training.memory_table({"1.7B": counts}, r=16)
     assert row["full"] > 5 * row["lora-16bit"] > 5 * row["qlora-4bit"] > 0
     assert abs(row["full"] - counts.total * 12 / 1024**3) < 0.1
+    [eight_bit] = training.memory_table({"1.7B": counts}, r=16, optimizer_bits=8)
+    assert abs(eight_bit["full"] - counts.total * 6 / 1024**3) < 0.1  # 8-bit moments: half of 12 bytes
+    assert eight_bit["lora-16bit"] < row["lora-16bit"] and eight_bit["qlora-4bit"] < row["qlora-4bit"]
+    with pytest.raises(CourseError, match="optimizer_bits is 8 or 32"):
+        training.memory_table({"1.7B": counts}, r=16, optimizer_bits=4)
     with pytest.raises(CourseError, match="Unknown method"):
         training.training_memory_gb(counts, "galore", 16)
 
