@@ -102,6 +102,18 @@ def screen(answer: str, lists: SafetyLists | None = None) -> list[str]:
 
 # --- answering, token by token ------------------------------------------------------------------
 
+class StopFlag:
+    """A stopping criterion for ``generate`` that a caller sets from another thread."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.stop, dtype=torch.bool, device=input_ids.device)
+
+
 def print_stream() -> OnText:
     """An ``on_text`` that prints a reply as it is written: each call prints what is new since the last."""
     shown = [""]
@@ -137,13 +149,15 @@ def answer_one(model, tokenizer, question: str | list[dict], label: str, *, max_
                        add_special_tokens=False).to(model.device)
     # generate() writes into the streamer from a thread of its own; this one reads the text as it comes.
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop = StopFlag()
     done: dict = {}
 
     def generate() -> None:
         try:
             with torch.inference_mode():  # per thread: it must be entered here
                 done["ids"] = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-                                             pad_token_id=tokenizer.pad_token_id, **sampling(temperature))
+                                             stopping_criteria=[stop], pad_token_id=tokenizer.pad_token_id,
+                                             **sampling(temperature))
         except Exception as error:  # raised again below, in the caller's thread
             done["error"] = error
             streamer.end()  # ends the reading loop
@@ -153,13 +167,16 @@ def answer_one(model, tokenizer, question: str | list[dict], label: str, *, max_
     with use_model(model, label):
         writer = threading.Thread(target=generate, daemon=True)
         writer.start()
-        for piece in streamer:
-            now = time.perf_counter()
-            first, text = first or now, text + piece
-            if on_text and now - shown_at >= SHOW_EVERY_S:
-                shown_at = now
-                on_text(text.strip())
-        writer.join()
+        try:
+            for piece in streamer:
+                now = time.perf_counter()
+                first, text = first or now, text + piece
+                if on_text and now - shown_at >= SHOW_EVERY_S:
+                    shown_at = now
+                    on_text(text.strip())
+        finally:  # interrupted (the stop button, or on_text failing): generate stops at its next token
+            stop.stop = True
+            writer.join()
     if "error" in done:
         raise done["error"]
     seconds = time.perf_counter() - began

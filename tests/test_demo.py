@@ -122,3 +122,25 @@ def test_print_stream_prints_only_what_is_new(capsys):
     for so_far in ["The", "The knee", "The knee is swollen."]:
         show(so_far)
     assert capsys.readouterr().out == "The knee is swollen."
+
+
+def test_an_answer_interrupted_while_streaming_stops_and_leaves_the_model_usable():
+    model, tokenizer = load_text_model("embedded")
+    question = "Explain step by step how a fever develops, and what to do about it."
+    whole = demo.answer_one(model, tokenizer, question, "base", max_new_tokens=60)
+    written, generate = [], model.generate
+
+    def counted(**kwargs):
+        out = generate(**kwargs)
+        written.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    def interrupt(so_far: str) -> None:
+        raise KeyboardInterrupt  # as Jupyter's stop button does, in the thread that shows the text
+
+    model.generate = counted
+    with pytest.raises(KeyboardInterrupt):
+        demo.answer_one(model, tokenizer, question, "base", max_new_tokens=60, on_text=interrupt)
+    assert written[0] < 20 < whole.new_tokens  # generation stopped soon after the interruption
+    again = demo.answer_one(model, tokenizer, question, "base", max_new_tokens=60)
+    assert again.answer == whole.answer  # and nothing was left running in the background
