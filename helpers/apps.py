@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from helpers.demo import TITLES, Answer
+from helpers.demo import TITLES, Answer, choices
 from helpers.generation import DISCLAIMER
 from helpers.images import UnusableImage, open_image, prepare_image
 
@@ -52,7 +52,7 @@ def answer_html(answer: Answer) -> str:
         reasoning = html.escape(answer.think)
         parts.append("<details><summary>reasoning (think block)</summary>"
                      f"<div style='{_TEXT};color:#444'>{reasoning}</div></details>")
-    reply = html.escape(answer.answer) or "<i>(no answer)</i>"
+    reply = html.escape(answer.shown)
     parts.append(f"<div style='{_TEXT};margin-top:6px'>{reply}</div>")
     for flag in answer.flags:
         colour = "#b00020" if flag.startswith("risky") else "#0b6e4f"
@@ -245,7 +245,7 @@ def report_html(report: str) -> str:
 def _labelled_dropdown(labels: list[str], description: str):
     import ipywidgets as w
 
-    return w.Dropdown(options=[(TITLES.get(label, label), label) for label in labels], value=labels[-1],
+    return w.Dropdown(options=choices(labels), value=labels[-1],
                       description=description, style={"description_width": "initial"})
 
 
@@ -263,7 +263,7 @@ def answer_bubble(answer: Answer) -> str:
     if answer.think:
         parts.append("<details><summary>reasoning</summary>"
                      f"<div style='color:#444'>{html.escape(answer.think)}</div></details>")
-    parts.append(html.escape(answer.answer) or "<i>(no answer: the token limit came first)</i>")
+    parts.append(html.escape(answer.shown))
     parts += [f"<span style='{_BADGE};background:{'#b00020' if f.startswith('risky') else '#0b6e4f'}'>"
               f"{html.escape(f)}</span>" for f in answer.flags]
     return bubble_html("assistant", "".join(parts), answer.model)

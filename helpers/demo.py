@@ -43,8 +43,18 @@ class Answer:
     prompt_tokens: int = 0  # what the model read first: a chat re-reads the whole conversation each turn
 
     @property
+    def shown(self) -> str:
+        """The answer, or a note saying why there is none: the reply was all reasoning, or empty."""
+        return self.answer or ("(no answer after its reasoning)" if self.think else "(no answer)")
+
+    @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def choices(labels: list[str]) -> list[tuple[str, str]]:
+    """(title, label) pairs for a model selector, in the order given."""
+    return [(TITLES.get(label, label), label) for label in labels]
 
 
 def find_adapters(run: Path) -> dict[str, Path]:

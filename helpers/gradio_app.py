@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from helpers.apps import MAX_UPLOAD_MB, error_sentence, refuse_large
-from helpers.demo import TITLES, Answer
+from helpers.demo import TITLES, Answer, choices
 from helpers.generation import DISCLAIMER
 from helpers.images import UnusableImage, prepare_image
 
@@ -57,15 +57,11 @@ def streamed(work: Callable[[Callable[[str], None]], object]) -> Iterator[str | 
 def shown_answer(answer: Answer) -> str:
     """A model's reply as the chat shows it: the answer, then the screen's flags."""
     flags = ", ".join(answer.flags) or "nothing flagged"
-    return f"{answer.answer or '(no answer: the token limit came first)'}\n\n*screen: {flags}*"
-
-
-def _choices(labels: list[str]) -> list[tuple[str, str]]:
-    return [(TITLES.get(label, label), label) for label in labels]
+    return f"{answer.shown}\n\n*screen: {flags}*"
 
 
 def _chat_tab(gr, turn_fn, labels: list[str], max_new_tokens: int) -> None:
-    model = gr.Dropdown(choices=_choices(labels), value=labels[-1], label="Model")
+    model = gr.Dropdown(choices=choices(labels), value=labels[-1], label="Model")
     chatbot = gr.Chatbot(label="Conversation", elem_id="course-chat")
     history = gr.State([])  # what the model reads each turn; the chatbot also shows the screen
     message = gr.Textbox(label="Message", placeholder="Write a message…")
@@ -108,8 +104,8 @@ def _report_tab(gr, findings_fn, advise_fn, vl_labels: list[str], labels: list[s
                          type="filepath")
         preview = gr.Image(label="What the model sees", interactive=False, height=256)
         with gr.Column():
-            vl_model = gr.Dropdown(choices=_choices(vl_labels), value=vl_labels[-1], label="Findings by")
-            text_model = gr.Dropdown(choices=_choices(labels), value=labels[-1], label="Advice by")
+            vl_model = gr.Dropdown(choices=choices(vl_labels), value=vl_labels[-1], label="Findings by")
+            text_model = gr.Dropdown(choices=choices(labels), value=labels[-1], label="Advice by")
             button = gr.Button("Write report", variant="primary")
     findings_box = gr.Textbox(label="Findings (vision-language model)", lines=4)
     advice_box = gr.Textbox(label="Explanation and advice (text model)", lines=8)

@@ -21,6 +21,8 @@ def test_a_panel_escapes_model_text_and_folds_the_reasoning():
     assert "advises urgent care" in panel
     empty = apps.answer_html(Answer("base", "", "", 0, 0.0))
     assert "<details>" not in empty and "(no answer)" in empty
+    thought = apps.answer_html(Answer("grpo", "Chest pain and sweating: think of", "", 160, 8.0))
+    assert "(no answer after its reasoning)" in thought  # all reasoning: no claim about why it stopped
 
 
 class FakeModels:
