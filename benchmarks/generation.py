@@ -55,7 +55,7 @@ def measure(folder: str, prompts: list[str], *, batch: int, max_new_tokens: int,
     from helpers.generation import generate_replies
     from helpers.models import load_text_model
 
-    model, tokenizer = load_text_model(folder, dtype=dtype, backend=backend)
+    model, tokenizer, loaded_with = load_text_model(folder, dtype=dtype, backend=backend)
 
     def answers(batch_size: int) -> list:
         return generate_replies(model, tokenizer, prompts, batch_size=batch_size,
@@ -65,7 +65,7 @@ def measure(folder: str, prompts: list[str], *, batch: int, max_new_tokens: int,
     batched, batched_s = timed(lambda: answers(batch))
     single, single_s = timed(lambda: answers(1))
     same = sum(a.text == b.text for a, b in zip(batched, single, strict=True)) / len(prompts)
-    result = {"model": folder, "backend": model.course_backend, "device": str(model.device),
+    result = {"model": folder, "backend": loaded_with, "device": str(model.device),
               "prompts": len(prompts), "batch": batch, "max_new_tokens": max_new_tokens, "same_answers": same,
               "batched_tokens": sum(r.new_tokens for r in batched),
               "single_tokens": sum(r.new_tokens for r in single),

@@ -103,9 +103,10 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
 
     cuda = torch.cuda.is_available()
     dtype = shape["dtype"] if cuda else "float32"
-    model, tokenizer = load_text_model(folder, backend=backend, load_in_4bit=shape["load_in_4bit"] and cuda,
-                                       dtype=dtype, max_seq_length=shape["seq"])
-    model = add_lora(model, r=shape["r"], alpha=shape["r"], gradient_checkpointing=cuda)
+    model, tokenizer, loaded_with = load_text_model(
+        folder, backend=backend, load_in_4bit=shape["load_in_4bit"] and cuda, dtype=dtype,
+        max_seq_length=shape["seq"])
+    model = add_lora(model, r=shape["r"], alpha=shape["r"], backend=loaded_with, gradient_checkpointing=cuda)
     trainable, total = count_parameters(model)
     items, _ = load_grpo_items(["medical-o1-verifiable-problem"], warmup + steps, offline=True)
     # 06's own cells: its prompts (think block opened) and its rewards, for this setting's answer length
@@ -145,7 +146,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
         )
         trainer = GRPOTrainer(model=model, args=args, reward_funcs=funcs, processing_class=tokenizer,
                               train_dataset=Dataset.from_list(rows), callbacks=[timer])
-        fp32_adapters_for_fp16(trainer)  # as 06 does: fp16 (t4) needs fp32 adapters
+        fp32_adapters_for_fp16(trainer, loaded_with)  # as 06 does: fp16 (t4) needs fp32 adapters
         for name in ("_generate", "_generate_single_turn"):  # unsloth rewrites the inner one; either counts
             generation.wrap(trainer, name)
         trainer.train()
@@ -154,7 +155,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     mean_length = sum(e["completions/mean_length"] for e in logged) / max(len(logged), 1)
     seconds = sum(times) / max(len(times), 1)
     return {
-        "backend": getattr(model, "course_backend", backend), **shape, "steps": len(times),
+        "backend": loaded_with, **shape, "steps": len(times),
         "load_in_4bit": shape["load_in_4bit"] and cuda, "dtype": dtype,  # as loaded (a CPU has no 4-bit)
         "seconds_per_step": seconds, "step_seconds": times,
         "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,

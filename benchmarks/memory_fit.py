@@ -59,13 +59,13 @@ def evaluation(folder: str, profile: str, backend: str) -> dict:
     from helpers.models import load_text_model
 
     p = PROFILES[profile]
-    model, tokenizer = load_text_model(folder, backend=backend, load_in_4bit=p.load_in_4bit, dtype=p.dtype,
-                                       max_seq_length=p.max_seq_length)
+    model, tokenizer, loaded_with = load_text_model(folder, backend=backend, load_in_4bit=p.load_in_4bit,
+                                                    dtype=p.dtype, max_seq_length=p.max_seq_length)
     prompts = report.load_script("generation").exam_prompts(p.eval_batch_size)
     began = time.perf_counter()
     replies = generate_replies(model, tokenizer, prompts, max_new_tokens=p.max_new_tokens,
                                batch_size=p.eval_batch_size)
-    return {"backend": model.course_backend, "batch": p.eval_batch_size, "max_new_tokens": p.max_new_tokens,
+    return {"backend": loaded_with, "batch": p.eval_batch_size, "max_new_tokens": p.max_new_tokens,
             "new_tokens": sum(r.new_tokens for r in replies), "seconds": time.perf_counter() - began}
 
 

@@ -140,9 +140,9 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
     plan = setting_plan(setting)
     if not cuda:  # a CPU check of this script: full precision, like the cpu profile
         plan.update(load_in_4bit=False, dtype="float32")
-    model, tokenizer = load_text_model(folder, backend="transformers" if plan["full"] else backend,
-                                       load_in_4bit=plan["load_in_4bit"], dtype=plan["dtype"],
-                                       max_seq_length=plan["seq"])
+    model, tokenizer, loaded_with = load_text_model(
+        folder, backend="transformers" if plan["full"] else backend, load_in_4bit=plan["load_in_4bit"],
+        dtype=plan["dtype"], max_seq_length=plan["seq"])
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -151,20 +151,21 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
     if plan["full"]:
         model.requires_grad_(True)
     else:
-        model = add_lora(model, r=plan["r"], alpha=plan["alpha"], gradient_checkpointing=cuda)
+        model = add_lora(model, r=plan["r"], alpha=plan["alpha"], backend=loaded_with,
+                         gradient_checkpointing=cuda)
     trainable, total = count_parameters(model)
     examples = datasets.load_sft_examples().examples
     rows = [datasets.to_prompt_completion(tokenizer, ex) for ex in examples]
     if full_length:
         rows = full_length_rows(tokenizer, rows, plan["seq"])
     if padding_free is None:
-        padding_free = model.course_backend == "unsloth"
+        padding_free = loaded_with == "unsloth"
     clock = Clock(warmup, cuda)
     out = f"/tmp/course-sft-bench/{setting}-{backend}"
     args = sft_config(out, setting, plan, warmup + steps, padding_free)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[clock.callback()])
-    training.fp32_adapters_for_fp16(trainer)  # as 03 does: fp16 (t4) needs fp32 adapters
+    training.fp32_adapters_for_fp16(trainer, loaded_with)  # as 03 does: fp16 (t4) needs fp32 adapters
     collate = trainer.data_collator
 
     def counting_collator(features):
@@ -178,7 +179,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, warmup: int,
     seconds = clock.ended - clock.began
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
-        "backend": model.course_backend, "requested": backend, "setting": setting, **plan,
+        "backend": loaded_with, "requested": backend, "setting": setting, **plan,
         "padding_free": padding_free, "full_length": full_length, "sample_tokens": length_stats(lengths),
         "steps": steps, "examples_per_step": plan["batch"] * plan["accum"],
         "tokens_per_s": clock.tokens / seconds, "seconds_per_step": seconds / steps,

@@ -41,9 +41,9 @@ def measure(folder: str, backend: str, weights: str, gc: bool, seq: int, batch: 
 
     cuda = torch.cuda.is_available()
     dtype = "bfloat16" if cuda else "float32"  # a CPU check runs in 32-bit
-    model, _ = load_text_model(folder, backend=backend, load_in_4bit=WEIGHTS[weights] and cuda, dtype=dtype,
-                               max_seq_length=seq)
-    model = add_lora(model, r=r, alpha=r, gradient_checkpointing=gc)
+    model, _, loaded_with = load_text_model(folder, backend=backend, load_in_4bit=WEIGHTS[weights] and cuda,
+                                            dtype=dtype, max_seq_length=seq)
+    model = add_lora(model, r=r, alpha=r, backend=loaded_with, gradient_checkpointing=gc)
     trainable, total = count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
@@ -72,7 +72,7 @@ def measure(folder: str, backend: str, weights: str, gc: bool, seq: int, batch: 
     seconds = time.perf_counter() - began
     config = model.config
     return {
-        "backend": model.course_backend, "requested": backend, "weights": weights, "gc": gc, "seq": seq,
+        "backend": loaded_with, "requested": backend, "weights": weights, "gc": gc, "seq": seq,
         "batch": batch, "r": r, "steps": steps, "dtype": dtype,
         "attention": getattr(config, "_attn_implementation", None),
         "tokens_per_s": batch * seq * steps / seconds, "seconds_per_step": seconds / steps,

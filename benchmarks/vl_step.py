@@ -56,8 +56,9 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
     cuda = torch.cuda.is_available()
     began = time.perf_counter()
     dtype = s["dtype"] if cuda else "float32"  # the CPU check runs in 32-bit
-    model, processor = load_vl_model(folder, load_in_4bit=s["load_in_4bit"], dtype=dtype, backend=backend)
-    model = add_vl_lora(model, r=s["r"], alpha=s["r"], gradient_checkpointing=True)
+    model, processor, loaded_with = load_vl_model(folder, load_in_4bit=s["load_in_4bit"], dtype=dtype,
+                                                  backend=backend)
+    model = add_vl_lora(model, r=s["r"], alpha=s["r"], backend=loaded_with, gradient_checkpointing=True)
     load_seconds = time.perf_counter() - began
     trainable, total = count_parameters(model)
     device = next(p for p in model.parameters() if p.requires_grad).device
@@ -86,7 +87,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
         torch.cuda.synchronize()
     seconds = time.perf_counter() - began
     return {
-        "backend": model.course_backend, "requested": backend, "setting": setting, **s, "steps": steps,
+        "backend": loaded_with, "requested": backend, "setting": setting, **s, "steps": steps,
         "max_pixels": max_pixels, "image_tokens_per_image": _image_tokens(batches[0], processor),
         "tokens_per_step": sum(tokens[k % len(tokens)] for k in range(steps)) / steps,
         "tokens_per_s": sum(tokens[k % len(tokens)] for k in range(steps)) / seconds,

@@ -81,12 +81,10 @@ def attach_adapters(model, adapters: dict[str, Path]):
         return model
     from peft import PeftModel
 
-    backend = getattr(model, "course_backend", "transformers")
     (first, path), *rest = adapters.items()
     model = PeftModel.from_pretrained(model, path, adapter_name=first, is_trainable=False)
     for label, path in rest:
         model.load_adapter(path, adapter_name=label, is_trainable=False)
-    model.course_backend = backend
     return model
 
 

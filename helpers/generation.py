@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,34 +76,77 @@ def generate_replies(
     if uses_vllm(model, lora_request):
         return _generate_with_vllm(model, tokenizer, questions, max_new_tokens=max_new_tokens, system=system,
                                    thinking=thinking, do_sample=do_sample, lora_request=lora_request)
+    replies: list[Reply] = []
+    with generating(model, tokenizer):
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start:start + batch_size]
+            prompts = [chat_prompt(tokenizer, q, system, thinking) for q in batch]
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            began = time.perf_counter()
+            new_ids = generate_batch(model, tokenizer, inputs, max_new_tokens, do_sample=do_sample)
+            seconds = (time.perf_counter() - began) / len(batch)
+            for question, ids in zip(batch, new_ids, strict=True):
+                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                replies.append(Reply(question, text, len(ids), seconds))
+    return replies
+
+
+# --- the one generation loop: every batch of every notebook goes through these two -----------
+
+def unsloth_class(model):
+    """unsloth's ``FastLanguageModel`` or ``FastVisionModel`` when unsloth loaded ``model``, else None.
+
+    unsloth replaces the ``generate`` of each model it loads (under any LoRA wrapper) with its own."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = getattr(getattr(base, "generate", None), "__name__", "")
+    if name == "unsloth_fast_generate":
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel
+    if name == "unsloth_base_fast_generate":
+        from unsloth import FastVisionModel
+
+        return FastVisionModel
+    return None
+
+
+@contextmanager
+def generating(model, tokenizer):
+    """``model`` ready to generate: evaluation mode (unsloth's inference kernels too) and left padding,
+    each put back as it was afterwards, since a trainer may go on with the same model and collator."""
+    fast, was_training, side = unsloth_class(model), model.training, tokenizer.padding_side
+    if fast is not None:
+        fast.for_inference(model)
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues from the last token of every row
+    try:
+        yield model
+    finally:
+        tokenizer.padding_side = side
+        if fast is not None and was_training:
+            fast.for_training(model)  # gradient checkpointing back on, as unsloth set it up
+        model.train(was_training)
+
+
+def generate_batch(model, tokenizer, inputs, max_new_tokens: int, **generate_kwargs) -> list[list[int]]:
+    """The new token ids of each row of one encoded batch (padding dropped), under ``generating``.
+
+    Running out of GPU memory becomes ``OutOfMemory``, which names the knobs that make a batch smaller."""
     import torch
 
-    # Decoder-only models continue from the last token, so padding goes on the left.
-    tokenizer.padding_side = "left"
-    model.eval()
-    replies: list[Reply] = []
-    for start in range(0, len(questions), batch_size):
-        batch = questions[start:start + batch_size]
-        prompts = [chat_prompt(tokenizer, q, system, thinking) for q in batch]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        inputs = inputs.to(model.device)
-        began = time.perf_counter()
-        try:
-            with torch.inference_mode():
-                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                        pad_token_id=tokenizer.pad_token_id)
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            free_gpu_memory()
-            raise OutOfMemory(f"generating {len(batch)} answers at once", GENERATION_KNOBS) from None
-        seconds = (time.perf_counter() - began) / len(batch)
-        new = output[:, inputs["input_ids"].shape[1]:]
-        for question, ids in zip(batch, new, strict=True):
-            n_tokens = int((ids != tokenizer.pad_token_id).sum())
-            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            replies.append(Reply(question, text, n_tokens, seconds))
-    return replies
+    inputs = inputs.to(model.device)
+    try:
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                    pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        free_gpu_memory()
+        rows = len(inputs["input_ids"])
+        raise OutOfMemory(f"generating {rows} answers at once", GENERATION_KNOBS) from None
+    new = output[:, inputs["input_ids"].shape[1]:].tolist()
+    return [[token for token in row if token != tokenizer.pad_token_id] for row in new]
 
 
 def uses_vllm(model, lora_request=None) -> bool:

@@ -13,10 +13,11 @@ import importlib.util
 import json
 import re
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from helpers.answers import THINK_OPEN
 from helpers.errors import CourseError
-from helpers.models import LORA_TARGETS, add_lora, load_text_model
+from helpers.models import LORA_TARGETS, Loaded, add_lora, load_text_model
 from helpers.profiles import Profile
 from helpers.runs import shown
 
@@ -30,7 +31,16 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: int, backend: str):
+class Policy(NamedTuple):
+    """The model GRPO trains: ``model, tokenizer, backend, started_from = load_policy(...)``."""
+
+    model: Any
+    tokenizer: Any
+    backend: str  # "unsloth" or "transformers", as load_text_model reports it
+    started_from: str  # a sentence: the SFT adapter of 03, or fresh adapters and why
+
+
+def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: int, backend: str) -> Loaded:
     if fast_generation:
         try:
             from unsloth import FastLanguageModel
@@ -44,8 +54,7 @@ def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: i
                 dtype=_torch_dtype(profile.dtype), fast_inference=True, max_lora_rank=lora_r,
                 gpu_memory_utilization=0.6,  # vLLM's share of the GPU; training needs the rest
             )
-            model.course_backend = "unsloth"
-            return model, tokenizer
+            return Loaded(model, tokenizer, "unsloth")
         except Exception as err:  # vLLM and unsloth versions must agree; plain generation still works
             print(f"vLLM generation is not available ({type(err).__name__}: {err}); "
                   "generating with the model itself.")
@@ -55,25 +64,27 @@ def _load_base(profile: Profile, model_id: str, fast_generation: bool, lora_r: i
 
 def load_policy(profile: Profile, run: Path, *, model_id: str = "", lora_r: int = 16, lora_alpha: int = 16,
                 from_sft: bool = True, fast_generation: bool = False, gradient_checkpointing: bool = True,
-                backend: str = "auto"):
-    """(model with LoRA adapters, tokenizer, where it started): the SFT adapter of 03 when the run has
-    one (and ``from_sft``), else fresh adapters on the base model.
+                backend: str = "auto") -> Policy:
+    """The model with LoRA adapters, its tokenizer, the backend and where it started: the SFT adapter
+    of 03 when the run has one (and ``from_sft``), else fresh adapters on the base model.
 
     The SFT adapter is loaded *trainable*, with its own rank and targets, so GRPO continues from it.
     """
     # first the base model: unsloth must be imported before peft
-    model, tokenizer = _load_base(profile, model_id, fast_generation, lora_r, backend)
+    model, tokenizer, backend = _load_base(profile, model_id, fast_generation, lora_r, backend)
     from peft.utils import set_peft_model_state_dict
 
     sft = run / SFT_ADAPTER
     if not (from_sft and (sft / "adapter_config.json").is_file()):
         why = "FROM_SFT is False" if not from_sft else f"no SFT adapter in {run}: run 03_sft_llm.ipynb first"
-        model = add_lora(model, r=lora_r, alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing)
-        return model, tokenizer, f"the base model with fresh LoRA adapters ({why} to start from it)"
+        model = add_lora(model, r=lora_r, alpha=lora_alpha, backend=backend,
+                         gradient_checkpointing=gradient_checkpointing)
+        fresh = f"the base model with fresh LoRA adapters ({why} to start from it)"
+        return Policy(model, tokenizer, backend, fresh)
     config = json.loads((sft / "adapter_config.json").read_text(encoding="utf-8"))
     targets = config.get("target_modules")
     model = add_lora(model, r=int(config.get("r", lora_r)), alpha=int(config.get("lora_alpha", lora_alpha)),
-                     targets=tuple(targets) if isinstance(targets, list) else LORA_TARGETS,
+                     targets=tuple(targets) if isinstance(targets, list) else LORA_TARGETS, backend=backend,
                      gradient_checkpointing=gradient_checkpointing)
     try:
         weights = _read_adapter_weights(sft)
@@ -83,7 +94,7 @@ def load_policy(profile: Profile, run: Path, *, model_id: str = "", lora_r: int 
         raise CourseError(f"The SFT adapter in {sft} does not fit {name}: {RETRAIN}") from err
     if missing:
         raise CourseError(f"The SFT adapter in {sft} has {len(missing)} weights this model lacks: {RETRAIN}")
-    return model, tokenizer, f"the SFT adapter of 03 ({shown(sft)})"
+    return Policy(model, tokenizer, backend, f"the SFT adapter of 03 ({shown(sft)})")
 
 
 def _read_adapter_weights(folder: Path) -> dict:
@@ -194,32 +205,16 @@ def reward_trend(history, column: str = "reward", window: int = 3) -> tuple[floa
 def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int,
                          batch_size: int = 8) -> tuple[list[str], list[list[int]]]:
     """(texts, token ids) of greedy completions of rendered prompts (chat markup included), in batches."""
-    import torch
+    from helpers.generation import generate_batch, generating
 
-    unsloth = getattr(model, "course_backend", "") == "unsloth"
-    if unsloth:
-        from unsloth import FastLanguageModel
-
-        FastLanguageModel.for_inference(model)
-    tokenizer.padding_side = "left"  # generation continues from the last token: pad on the left
-    was_training = model.training
-    model.eval()
     texts, token_ids = [], []
-    try:
+    with generating(model, tokenizer):
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
-            with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            for row in out[:, batch["input_ids"].shape[1]:].tolist():
-                ids = [t for t in row if t != tokenizer.pad_token_id]
+                              add_special_tokens=False)
+            for ids in generate_batch(model, tokenizer, batch, max_new_tokens, do_sample=False):
                 token_ids.append(ids)
                 texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-    finally:
-        if unsloth:
-            FastLanguageModel.for_training(model)
-        model.train(was_training)
     return texts, token_ids
 
 

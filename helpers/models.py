@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from helpers.errors import CourseError
 from helpers.files import atomic_path
@@ -60,6 +62,55 @@ def require_safetensors(folder: Path) -> None:
                           "save_pretrained.")
 
 
+class Loaded(NamedTuple):
+    """What a loader loaded: ``model, tokenizer, backend = load_text_model(...)``."""
+
+    model: Any
+    tokenizer: Any  # a processor (tokenizer and image processor) for a vision-language model
+    backend: str  # "unsloth" or "transformers": the one that loaded it, after any fall back
+
+
+def load_with_backend(name: str, backend: str, with_unsloth: Callable[[], tuple],
+                      with_transformers: Callable[[], tuple]) -> Loaded:
+    """Load through unsloth where ``backend`` picks it, else (or when unsloth cannot) transformers.
+
+    Shared by the text and the vision-language loaders; each passes its two ways of loading."""
+    chosen = pick_backend(backend)
+    loaded = None
+    if chosen == "unsloth":
+        try:
+            loaded = with_unsloth()
+        except Exception as err:  # unsloth cannot load every architecture: fall back, say why
+            print(f"unsloth could not load {name} ({type(err).__name__}: {err}); using transformers + peft.")
+            chosen = "transformers"
+    model, tokenizer = loaded or with_transformers()
+    clear_max_length(model)
+    return Loaded(model, tokenizer, chosen)
+
+
+def from_pretrained_kwargs(load_in_4bit: bool, dtype: str | None,
+                           skip_modules: list[str] | None = None) -> dict:
+    """``from_pretrained`` arguments for transformers: the dtype, bitsandbytes 4-bit where it can run
+    (a CUDA GPU), and this process's GPU. ``skip_modules`` stay unquantized (a VL model's vision tower)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    kwargs: dict = {"dtype": _torch_dtype(dtype) or (torch.bfloat16 if cuda else torch.float32)}
+    if load_in_4bit and not (cuda and importlib.util.find_spec("bitsandbytes")):
+        print("4-bit loading needs a CUDA GPU and bitsandbytes: loading the full-precision weights instead.")
+        load_in_4bit = False
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=skip_modules,
+        )
+    if cuda:  # each training process (accelerate launch, torchrun) on its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return kwargs
+
+
 def load_text_model(
     model: str | Profile = "embedded",
     *,
@@ -68,11 +119,12 @@ def load_text_model(
     dtype: str | None = None,
     backend: str = "auto",
     source: str | None = None,
-):
-    """(model, tokenizer) for a profile, a profile name, a hub id, a local folder or "embedded".
+) -> Loaded:
+    """The model, its tokenizer and the backend that loaded them, for a profile, a profile name,
+    a hub id, a local folder or "embedded".
 
     A profile supplies the model id, 4-bit choice, dtype and sequence length; keyword arguments
-    override it. ``model.course_backend`` records which backend loaded it.
+    override it.
     """
     profile = PROFILES.get(model) if isinstance(model, str) else model
     if profile is not None:
@@ -80,23 +132,25 @@ def load_text_model(
         max_seq_length = max_seq_length or profile.max_seq_length
         load_in_4bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
         dtype = dtype or profile.dtype
-    resolved = resolve_model(model, source=source)
-    require_safetensors(resolved.path)
-    chosen = pick_backend(backend)
-    if chosen == "unsloth":
-        try:
-            loaded = _load_with_unsloth(resolved.path, max_seq_length or 2048, bool(load_in_4bit), dtype)
-        except Exception as err:  # unsloth cannot load every architecture: fall back, say why
-            print(f"unsloth could not load {model} ({type(err).__name__}: {err}); using transformers + peft.")
-            chosen = "transformers"
-    if chosen == "transformers":
-        loaded = _load_with_transformers(resolved.path, bool(load_in_4bit), dtype)
-    model_obj, tokenizer = loaded
-    model_obj.course_backend = chosen
-    clear_max_length(model_obj)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model_obj, tokenizer
+    path = resolve_model(model, source=source).path
+    require_safetensors(path)
+
+    def with_unsloth():
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel.from_pretrained(model_name=str(path), max_seq_length=max_seq_length or 2048,
+                                                 load_in_4bit=bool(load_in_4bit), dtype=_torch_dtype(dtype))
+
+    def with_transformers():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = from_pretrained_kwargs(bool(load_in_4bit), dtype)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs), AutoTokenizer.from_pretrained(path)
+
+    loaded = load_with_backend(str(model), backend, with_unsloth, with_transformers)
+    if loaded.tokenizer.pad_token is None:
+        loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+    return loaded
 
 
 def clear_max_length(model) -> None:
@@ -109,37 +163,6 @@ def clear_max_length(model) -> None:
         config.max_length = None
 
 
-def _load_with_unsloth(path: Path, max_seq_length: int, load_in_4bit: bool, dtype: str | None):
-    from unsloth import FastLanguageModel
-
-    return FastLanguageModel.from_pretrained(
-        model_name=str(path), max_seq_length=max_seq_length,
-        load_in_4bit=load_in_4bit, dtype=_torch_dtype(dtype),
-    )
-
-
-def _load_with_transformers(path: Path, load_in_4bit: bool, dtype: str | None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cuda = torch.cuda.is_available()
-    kwargs: dict = {"dtype": _torch_dtype(dtype) or (torch.bfloat16 if cuda else torch.float32)}
-    if load_in_4bit and not (cuda and importlib.util.find_spec("bitsandbytes")):
-        print("4-bit loading needs a CUDA GPU and bitsandbytes: loading the full-precision weights instead.")
-        load_in_4bit = False
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=kwargs["dtype"],
-        )
-    if cuda:  # each training process (accelerate launch, torchrun) on its own GPU
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return model, AutoTokenizer.from_pretrained(path)
-
-
 def add_lora(
     model,
     r: int = 16,
@@ -147,11 +170,14 @@ def add_lora(
     targets: tuple[str, ...] = LORA_TARGETS,
     dropout: float = 0.0,
     *,
+    backend: str = "transformers",
     gradient_checkpointing: bool = True,
     seed: int = 3407,
 ):
-    """The model wrapped with LoRA adapters of rank ``r`` on ``targets``; only those train."""
-    if getattr(model, "course_backend", "transformers") == "unsloth":
+    """The model wrapped with LoRA adapters of rank ``r`` on ``targets``; only those train.
+
+    ``backend`` is the one that loaded the model (``Loaded.backend``): unsloth makes its own adapters."""
+    if backend == "unsloth":
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.get_peft_model(
@@ -164,9 +190,7 @@ def add_lora(
     model = prepare_for_lora(model, gradient_checkpointing)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
                         bias="none", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    peft_model.course_backend = "transformers"
-    return peft_model
+    return get_peft_model(model, config)
 
 
 def prepare_for_lora(model, gradient_checkpointing: bool):
@@ -205,7 +229,4 @@ def load_adapter(model, path: str | Path, made_by: str = "the training notebook"
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise CourseError(f"No adapter at {path}: run {made_by} first.")
-    backend = getattr(model, "course_backend", "transformers")
-    adapted = PeftModel.from_pretrained(model, path, is_trainable=False)
-    adapted.course_backend = backend
-    return adapted
+    return PeftModel.from_pretrained(model, path, is_trainable=False)

@@ -17,7 +17,14 @@ from helpers.datasets import vl_messages
 from helpers.errors import CourseError
 from helpers.files import atomic_path
 from helpers.hub import cache_dir, embedded_model_dir, resolve_model
-from helpers.models import _torch_dtype, clear_max_length, pick_backend, require_safetensors
+from helpers.models import (
+    Loaded,
+    _torch_dtype,
+    from_pretrained_kwargs,
+    load_with_backend,
+    prepare_for_lora,
+    require_safetensors,
+)
 from helpers.profiles import PROFILES, TINY_VL_MODEL, Profile
 
 # The special tokens Qwen-VL models use to place an image (or video) inside the text.
@@ -254,11 +261,9 @@ def vl_model_folder(name: str, source: str | None = None) -> Path:
 
 
 def load_vl_model(model: str | Profile = TINY_VL_MODEL, *, load_in_4bit: bool | None = None,
-                  dtype: str | None = None, backend: str = "auto", source: str | None = None):
-    """(model, processor) for a profile, a profile name, a hub id, a local folder or the tiny model.
-
-    ``model.course_backend`` records whether unsloth or transformers loaded it.
-    """
+                  dtype: str | None = None, backend: str = "auto", source: str | None = None) -> Loaded:
+    """The model, its processor and the backend that loaded them, for a profile, a profile name,
+    a hub id, a local folder or the tiny model: ``model, processor, backend = load_vl_model(...)``."""
     profile = PROFILES.get(model) if isinstance(model, str) else model
     if profile is not None:
         model = profile.vl_model
@@ -266,47 +271,22 @@ def load_vl_model(model: str | Profile = TINY_VL_MODEL, *, load_in_4bit: bool | 
         dtype = dtype or profile.dtype
     folder = vl_model_folder(model, source)
     require_safetensors(folder)
-    chosen = pick_backend(backend)
-    if chosen == "unsloth":
-        try:
-            loaded = _load_with_unsloth(folder, bool(load_in_4bit), dtype)
-        except Exception as err:  # unsloth cannot load every checkpoint: fall back, say why
-            print(f"unsloth could not load {model} ({type(err).__name__}: {err}); using transformers + peft.")
-            chosen = "transformers"
-    if chosen == "transformers":
-        loaded = _load_with_transformers(folder, bool(load_in_4bit), dtype)
-    model_obj, processor = loaded
-    model_obj.course_backend = chosen
-    clear_max_length(model_obj)
-    return model_obj, processor
 
+    def with_unsloth():
+        from unsloth import FastVisionModel
 
-def _load_with_unsloth(folder: Path, load_in_4bit: bool, dtype: str | None):
-    from unsloth import FastVisionModel
+        return FastVisionModel.from_pretrained(str(folder), load_in_4bit=bool(load_in_4bit),
+                                               dtype=_torch_dtype(dtype),
+                                               use_gradient_checkpointing="unsloth")
 
-    return FastVisionModel.from_pretrained(str(folder), load_in_4bit=load_in_4bit, dtype=_torch_dtype(dtype),
-                                           use_gradient_checkpointing="unsloth")
+    def with_transformers():
+        from transformers import AutoModelForImageTextToText
 
+        # the vision tower and the output layer stay in 16-bit: quantizing them costs accuracy, saves little
+        kwargs = from_pretrained_kwargs(bool(load_in_4bit), dtype, skip_modules=["visual", "lm_head"])
+        return AutoModelForImageTextToText.from_pretrained(folder, **kwargs), load_vl_processor(folder)
 
-def _load_with_transformers(folder: Path, load_in_4bit: bool, dtype: str | None):
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    cuda = torch.cuda.is_available()
-    kwargs: dict = {"dtype": _torch_dtype(dtype) or (torch.bfloat16 if cuda else torch.float32)}
-    if load_in_4bit and not (cuda and importlib.util.find_spec("bitsandbytes")):
-        print("4-bit loading needs a CUDA GPU and bitsandbytes: loading the full-precision weights instead.")
-        load_in_4bit = False
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=["visual", "lm_head"],
-        )
-    if cuda:
-        kwargs["device_map"] = {"": 0}
-    return AutoModelForImageTextToText.from_pretrained(folder, **kwargs), load_vl_processor(folder)
+    return load_with_backend(str(model), backend, with_unsloth, with_transformers)
 
 
 # Linear layers by part of the model; names as in transformers' Qwen2.5-VL and Qwen3-VL.
@@ -326,9 +306,12 @@ def lora_target_pattern(vision_layers: bool, language_layers: bool, attention: b
 
 def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = True,
                 language_layers: bool = True, attention: bool = True, mlp: bool = True,
-                dropout: float = 0.0, gradient_checkpointing: bool = True, seed: int = 3407):
-    """The model with LoRA adapters of rank ``r`` on the chosen parts; only those train."""
-    if getattr(model, "course_backend", "transformers") == "unsloth":
+                dropout: float = 0.0, backend: str = "transformers", gradient_checkpointing: bool = True,
+                seed: int = 3407):
+    """The model with LoRA adapters of rank ``r`` on the chosen parts; only those train.
+
+    ``backend`` is the one that loaded the model (``Loaded.backend``): unsloth makes its own adapters."""
+    if backend == "unsloth":
         from unsloth import FastVisionModel
 
         peft_model = FastVisionModel.get_peft_model(
@@ -338,20 +321,13 @@ def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = Tr
             use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
         )
         FastVisionModel.for_training(peft_model)
-        peft_model.course_backend = "unsloth"
         return peft_model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    model = prepare_for_lora(model, gradient_checkpointing)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                         target_modules=lora_target_pattern(vision_layers, language_layers, attention, mlp))
-    peft_model = get_peft_model(model, config)
-    peft_model.course_backend = "transformers"
-    return peft_model
+    return get_peft_model(model, config)
 
 
 # --- batches: image + report pairs, loss on the report only -------------------------------------
@@ -407,32 +383,20 @@ class ReportCollator:
 def generate_captions(model, processor, images: list, instruction: str, *, max_new_tokens: int = 64,
                       batch_size: int = 4) -> list[str]:
     """A report for each image, greedy, ``batch_size`` images at a time."""
-    import torch
+    from helpers.generation import generate_batch, generating
 
-    unsloth = getattr(model, "course_backend", "transformers") == "unsloth"
-    if unsloth:
-        from unsloth import FastVisionModel
-
-        FastVisionModel.for_inference(model)
-    model.eval()
     tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"  # generation continues from the last token of every row
     prompt = chat_text(processor, vl_messages(None, instruction), add_generation_prompt=True)
     stop = tokenizer.convert_tokens_to_ids(TURN_END)
     captions: list[str] = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        inputs = processor(text=[prompt] * len(batch), images=[[image] for image in batch], padding=True,
-                           return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-        new = output[:, inputs["input_ids"].shape[1]:]
-        captions += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    if unsloth:
-        from unsloth import FastVisionModel
-
-        FastVisionModel.for_training(model)
+    with generating(model, tokenizer):
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            inputs = processor(text=[prompt] * len(batch), images=[[image] for image in batch], padding=True,
+                               return_tensors="pt")
+            new_ids = generate_batch(model, tokenizer, inputs, max_new_tokens, do_sample=False,
+                                     eos_token_id=stop)
+            captions += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
     return captions
 
 

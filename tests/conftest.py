@@ -62,7 +62,7 @@ def load_benchmark(name: str):
 
 @pytest.fixture(scope="session")
 def embedded():
-    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, fresh from its converted folder."""
+    """(model, tokenizer, backend) of the embedded SmolLM2-135M-Instruct, fresh from its converted folder."""
     from helpers.models import load_text_model
 
     return load_text_model("embedded")

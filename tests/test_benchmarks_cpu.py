@@ -6,8 +6,8 @@ import pytest
 from conftest import load_benchmark
 
 from helpers.architectures import QWEN3_SHAPES, qwen3_config
+from helpers.memory import qwen3_parameter_counts
 from helpers.models import LORA_TARGETS
-from helpers.training import qwen3_parameter_counts
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from helpers.models import add_lora, load_text_model, save_adapter
 
 def _random_adapter(path: Path, seed: int) -> Path:
     """A LoRA adapter for the embedded model whose B matrices are noise, so it changes the answers."""
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     model = add_lora(model, r=8, alpha=16, gradient_checkpointing=False)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_find_adapters_lists_only_what_the_run_has_trained(tmp_path):
 
 def test_base_answers_come_from_the_base_weights_and_adapters_change_them(tmp_path):
     question = "What should I do about a mild headache?"
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     [plain] = generate_replies(model, tokenizer, [question], max_new_tokens=12, batch_size=1)
     adapters = {"sft": _random_adapter(tmp_path / "sft-adapter", 0),
                 "grpo": _random_adapter(tmp_path / "grpo-adapter", 1)}
@@ -48,7 +48,7 @@ def test_base_answers_come_from_the_base_weights_and_adapters_change_them(tmp_pa
 
 
 def test_without_adapters_the_plain_model_answers_as_base():
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     assert demo.attach_adapters(model, {}) is model
     [answer] = demo.ask(model, tokenizer, "Hello?", ["base"], max_new_tokens=4)
     assert answer.new_tokens > 0
@@ -66,7 +66,7 @@ def test_the_safety_screen_flags_urgent_and_risky_advice(text, flags):
 
 
 def test_answers_stream_as_they_are_written_and_end_with_the_whole_reply():
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     seen = []
     answer = demo.answer_one(model, tokenizer, "What is a fever?", "base", max_new_tokens=16,
                              on_text=seen.append)
@@ -88,7 +88,7 @@ def test_missing_models_are_named_with_the_notebook_that_trains_them():
 
 def test_the_vl_base_answers_with_the_adapter_off_and_the_sft_with_it_on(tmp_path):
     folder = vision.make_tiny_vl_model()
-    model, processor = vision.load_vl_model(str(folder), backend="transformers")
+    model, processor, _ = vision.load_vl_model(str(folder), backend="transformers")
     image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     [plain] = vision.generate_captions(model, processor, [image], "Describe.", max_new_tokens=8)
     trained = vision.add_vl_lora(model, r=4, alpha=8, gradient_checkpointing=False)
@@ -97,14 +97,14 @@ def test_the_vl_base_answers_with_the_adapter_off_and_the_sft_with_it_on(tmp_pat
             if "lora_B" in name:
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     adapter = save_adapter(trained, processor, tmp_path / "vl-adapter")
-    model, processor = vision.load_vl_model(str(folder), backend="transformers")
+    model, processor, _ = vision.load_vl_model(str(folder), backend="transformers")
     model = demo.attach_adapters(model, {"vl-sft": adapter})
     assert demo.describe_image(model, processor, image, "Describe.", "vl-base", max_new_tokens=8) == plain
     assert demo.describe_image(model, processor, image, "Describe.", "vl-sft", max_new_tokens=8) != plain
 
 
 def test_a_chat_turn_sends_the_whole_conversation_and_costs_more_each_turn():
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     opening = "I have had a headache for three days."
     first = demo.answer_one(model, tokenizer, opening, "base", max_new_tokens=8)
     history = [{"role": "user", "content": opening},
@@ -125,7 +125,7 @@ def test_print_stream_prints_only_what_is_new(capsys):
 
 
 def test_an_answer_interrupted_while_streaming_stops_and_leaves_the_model_usable():
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     question = "Explain step by step how a fever develops, and what to do about it."
     whole = demo.answer_one(model, tokenizer, question, "base", max_new_tokens=60)
     written, generate = [], model.generate

@@ -74,7 +74,7 @@ def test_replies_made_with_other_settings_or_prompts_are_not_reused(tmp_path, fa
 
 
 def test_real_generation_matches_generate_replies(embedded, tmp_path):
-    model, tokenizer = embedded
+    model, tokenizer, _ = embedded
     items = [{"id": "a", "prompt": "What organ pumps blood?"}, {"id": "b", "prompt": "Name one vitamin."}]
     records = generate_to_jsonl(model, tokenizer, items, tmp_path / "p.jsonl", max_new_tokens=8, batch_size=2)
     direct = generate_replies(model, tokenizer, [i["prompt"] for i in items], max_new_tokens=8, batch_size=2)
@@ -121,7 +121,7 @@ def fake_vllm(monkeypatch):
 
 def test_a_vllm_engine_generates_greedily_with_the_chat_template(fake_vllm, embedded):
     module, seen = fake_vllm
-    _, tokenizer = embedded
+    _, tokenizer, _ = embedded
     llm = module.LLM()
     assert uses_vllm(llm)
     replies = generate_replies(llm, tokenizer, ["Hi", "Bye"], max_new_tokens=12, lora_request="sft")
@@ -196,7 +196,7 @@ def test_out_of_memory_stops_with_the_knobs_or_goes_on_with_half_the_batch(tmp_p
 
     from helpers.errors import OutOfMemory
 
-    model, tokenizer = embedded
+    model, tokenizer, _ = embedded
     real, sizes = model.generate, []
 
     def generate(**kwargs):  # a GPU with room for two answers at once
@@ -214,3 +214,53 @@ def test_out_of_memory_stops_with_the_knobs_or_goes_on_with_half_the_batch(tmp_p
                                 halve_batch_on_oom=True)
     assert sizes == [4, 4, 2, 2] and [r["id"] for r in records] == ["q0", "q1", "q2", "q3"]
     assert "Out of GPU memory with 4 answers at once: going on with 2." in capsys.readouterr().out
+
+
+# --- the generation loop: the model and tokenizer are left as they were found ----------------
+
+class _Recorder:
+    """unsloth's FastLanguageModel as the loop sees it: it records the switches it is asked for."""
+
+    calls: list[str] = []
+
+    @classmethod
+    def for_inference(cls, model):
+        cls.calls.append("inference")
+
+    @classmethod
+    def for_training(cls, model):
+        cls.calls.append("training")
+
+
+def test_generating_leaves_the_model_and_padding_as_it_found_them(embedded):
+    model, tokenizer, _ = embedded
+    tokenizer.padding_side = "right"  # as a training collator leaves it
+    model.train()
+    with generation.generating(model, tokenizer):
+        assert not model.training and tokenizer.padding_side == "left"
+        [ids] = generation.generate_batch(model, tokenizer, tokenizer(["Hello"], return_tensors="pt"), 3,
+                                          do_sample=False)
+    assert model.training and tokenizer.padding_side == "right"
+    assert 0 < len(ids) <= 3 and tokenizer.pad_token_id not in ids
+    model.eval()
+
+
+def test_an_unsloth_model_is_switched_to_inference_and_back_to_training(monkeypatch):
+    def unsloth_fast_generate(*args, **kwargs):  # the name unsloth gives the generate it installs
+        raise AssertionError("not called here")
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=_Recorder))
+    _Recorder.calls = []
+    import torch
+
+    model, tokenizer = torch.nn.Linear(2, 2), types.SimpleNamespace(padding_side="right")
+    model.generate = unsloth_fast_generate
+    assert generation.unsloth_class(model) is _Recorder
+    with generation.generating(model, tokenizer):
+        pass
+    assert _Recorder.calls == ["inference", "training"] and model.training
+    model.eval()
+    with generation.generating(model, tokenizer):
+        pass
+    assert _Recorder.calls == ["inference", "training", "inference"] and not model.training
+    assert generation.unsloth_class(torch.nn.Linear(2, 2)) is None

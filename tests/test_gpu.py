@@ -116,10 +116,10 @@ def _losses(trainer) -> list[float]:
 def test_unsloth_loads_the_text_model_and_takes_its_lora_adapters(text_model):
     from helpers.models import add_lora, count_parameters, load_text_model
 
-    model, _ = load_text_model(text_model, backend="unsloth", load_in_4bit=True, dtype="bfloat16",
-                               max_seq_length=1024)
-    assert model.course_backend == "unsloth"  # no silent fall back to transformers
-    model = add_lora(model, r=16, alpha=16)
+    model, _, backend = load_text_model(text_model, backend="unsloth", load_in_4bit=True, dtype="bfloat16",
+                                        max_seq_length=1024)
+    assert backend == "unsloth"  # no silent fall back to transformers
+    model = add_lora(model, r=16, alpha=16, backend=backend)
     trainable, total = count_parameters(model)
     assert 0 < trainable < 0.05 * total
 
@@ -154,7 +154,7 @@ def test_sft_recipe_of_03_trains_the_adapters_and_lowers_the_loss(text_model, tm
     assert (path / "adapter_config.json").is_file() and any(path.glob("adapter_model.*"))
     del ns
     gc.collect()
-    base, _ = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
+    base, _, _ = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
     reloaded = load_adapter(base, path)
     assert any("lora_" in name for name, _ in reloaded.named_parameters())
 
@@ -229,9 +229,10 @@ def test_vl_sft_steps_as_05_train_the_adapters_and_the_model_still_captions(vl_m
 
     from helpers import datasets, training, vision
 
-    model, processor = vision.load_vl_model(vl_model, backend=_backend(), load_in_4bit=False, dtype=DTYPE)
-    assert model.course_backend == _backend()
-    model = vision.add_vl_lora(model, r=16, alpha=16, gradient_checkpointing=ON_GPU)
+    model, processor, backend = vision.load_vl_model(vl_model, backend=_backend(), load_in_4bit=False,
+                                                     dtype=DTYPE)
+    assert backend == _backend()
+    model = vision.add_vl_lora(model, r=16, alpha=16, backend=backend, gradient_checkpointing=ON_GPU)
     before = _adapter_weights(model)
     pixels = vision.REAL_MAX_PIXELS if ON_GPU else vision.TINY_MAX_PIXELS
     pairs = datasets.vl_examples(datasets.read_offline_vl_rows("train"), datasets.VL_OFFLINE,
@@ -245,7 +246,7 @@ def test_vl_sft_steps_as_05_train_the_adapters_and_the_model_still_captions(vl_m
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs[:1] * 10),
                          data_collator=vision.ReportCollator(processor), processing_class=processor)
-    training.fp32_adapters_for_fp16(trainer)
+    training.fp32_adapters_for_fp16(trainer, backend)
     training.train(trainer, settings={"test": "vl"}, knobs=training.VL_KNOBS)  # images: no fingerprint
     losses = _losses(trainer)
     assert len(losses) == 5 and all(math.isfinite(loss) for loss in losses)
@@ -306,7 +307,7 @@ def test_batched_greedy_generation_gives_the_one_at_a_time_answers(text_model):
     # 32-bit, TF32 off: batching then changes no rounding that could flip a greedy choice (bf16 can)
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     try:
-        model, tokenizer = load_text_model(text_model, backend="transformers", dtype="float32")
+        model, tokenizer, _ = load_text_model(text_model, backend="transformers", dtype="float32")
         batched = generate_replies(model, tokenizer, prompts, max_new_tokens=24, batch_size=6, thinking=False)
         single = generate_replies(model, tokenizer, prompts, max_new_tokens=24, batch_size=1, thinking=False)
     finally:
@@ -316,14 +317,14 @@ def test_batched_greedy_generation_gives_the_one_at_a_time_answers(text_model):
     assert all(r.text and r.new_tokens > 0 for r in batched)
 
 
-def test_the_course_backend_generates_a_batch(text_model):
+def test_the_backend_that_loaded_the_model_generates_a_batch(text_model):
     from conftest import load_benchmark
 
     from helpers.generation import generate_replies
     from helpers.models import load_text_model
 
     prompts = load_benchmark("generation").exam_prompts(8)
-    model, tokenizer = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
+    model, tokenizer, _ = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
     replies = generate_replies(model, tokenizer, prompts, max_new_tokens=24, batch_size=8, thinking=False)
     assert len(replies) == 8 and all(r.text and 0 < r.new_tokens <= 24 for r in replies)
 
@@ -361,7 +362,7 @@ def test_the_demo_switches_between_base_sft_and_grpo_adapters(text_model, tmp_pa
     from helpers.models import add_lora, load_text_model
 
     # Two adapters with distinct weights, written where 03 and 06 write theirs.
-    maker, tokenizer = load_text_model(text_model, backend="transformers", dtype=DTYPE)
+    maker, tokenizer, _ = load_text_model(text_model, backend="transformers", dtype=DTYPE)
     maker = add_lora(maker, r=16, alpha=16, gradient_checkpointing=False)
     _noise_adapter(maker, tokenizer, tmp_path / SFT_ADAPTER, seed=1)
     _noise_adapter(maker, tokenizer, tmp_path / GRPO_ADAPTER, seed=2)
@@ -371,7 +372,7 @@ def test_the_demo_switches_between_base_sft_and_grpo_adapters(text_model, tmp_pa
     assert set(adapters) == {"sft", "grpo"}
 
     # As 07 runs it: the base model loaded once, then every adapter beside it.
-    model, tokenizer = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
+    model, tokenizer, _ = load_text_model(text_model, backend=_backend(), dtype=DTYPE, max_seq_length=1024)
     plain = _next_token_logits(model, tokenizer, None)
     model = demo.attach_adapters(model, adapters)
     logits = {label: _next_token_logits(model, tokenizer, label) for label in ("base", "sft", "grpo")}

@@ -19,16 +19,17 @@ def _logits(model, tokenizer) -> torch.Tensor:
 
 
 def test_without_an_sft_adapter_the_policy_is_the_base_model_with_fresh_adapters(embedded, tmp_path):
-    model, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, lora_alpha=8,
-                                                 gradient_checkpointing=False)
+    model, tokenizer, backend, started = grpo.load_policy(CPU, tmp_path, lora_r=4, lora_alpha=8,
+                                                          gradient_checkpointing=False)
+    assert backend == "transformers"  # what loaded it on a CPU
     assert "base model" in started and "run 03_sft_llm.ipynb first" in started
     assert model.peft_config["default"].r == 4
-    base, _ = embedded
+    base, _, _ = embedded
     assert torch.allclose(_logits(model, tokenizer), _logits(base, tokenizer), atol=1e-5)  # B starts at zero
 
 
 def test_the_sft_adapter_is_loaded_trainable_with_its_own_rank(tmp_path):
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     sft = add_lora(model, r=8, alpha=16, gradient_checkpointing=False)
     with torch.no_grad():  # a trained adapter: B is no longer zero
         for name, param in sft.named_parameters():
@@ -37,13 +38,13 @@ def test_the_sft_adapter_is_loaded_trainable_with_its_own_rank(tmp_path):
     expected = _logits(sft, tokenizer)
     save_adapter(sft, tokenizer, tmp_path / grpo.SFT_ADAPTER)
 
-    policy, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+    policy, tokenizer, _, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
     assert "SFT adapter" in started
     assert policy.peft_config["default"].r == 8  # the adapter's own rank, not lora_r
     assert torch.allclose(_logits(policy, tokenizer), expected, atol=1e-5)
     assert any(p.requires_grad for name, p in policy.named_parameters() if "lora_B" in name)
 
-    fresh, _, started = grpo.load_policy(CPU, tmp_path, from_sft=False, gradient_checkpointing=False)
+    fresh, _, _, started = grpo.load_policy(CPU, tmp_path, from_sft=False, gradient_checkpointing=False)
     assert "FROM_SFT is False" in started
 
 
@@ -87,7 +88,7 @@ def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+    model, tokenizer, _, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
     rows = [{"prompt": PROMPT, "answer": "Naloxone", "choices": "", "question": "Which drug?"}] * 2
     monkeypatch.setitem(notebook_rewards, "MAX_COMPLETION_LENGTH", 6)  # as 06 sets it: the trainer's limit
     funcs = [notebook_rewards[name] for name in ("format_reward", "accuracy_reward", "length_reward")]
@@ -127,7 +128,7 @@ def test_a_short_grpo_run_records_samples_and_saves_only_the_trained_adapter(tmp
 
 
 def test_score_policy_scores_greedy_completions_with_every_reward(embedded, notebook_rewards, monkeypatch):
-    model, tokenizer = embedded
+    model, tokenizer, _ = embedded
     monkeypatch.setitem(notebook_rewards, "MAX_COMPLETION_LENGTH", 8)  # the limit of max_new_tokens below
     funcs = [notebook_rewards["format_reward"], notebook_rewards["length_reward"]]
     means, texts = grpo.score_policy(model, tokenizer, [PROMPT, PROMPT], {"answer": ["Naloxone"] * 2}, funcs,
@@ -145,7 +146,7 @@ def test_an_interrupted_grpo_run_resumes_from_its_last_checkpoint(tmp_path, caps
     from trl import GRPOConfig, GRPOTrainer
 
     def trainer(callback) -> GRPOTrainer:  # what rerunning 06 builds: a fresh policy and trainer
-        model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+        model, tokenizer, _, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
         rows = [{"prompt": PROMPT, "answer": "Naloxone", "choices": "", "question": "Which drug?"}] * 4
         args = GRPOConfig(output_dir=str(tmp_path / "grpo-checkpoints"), max_steps=4,
                           per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
@@ -176,7 +177,7 @@ def test_a_grpo_run_from_the_sft_adapter_resumes_with_its_trained_adapter(tmp_pa
         return [len(c) / 10 for c in completions]
 
     def trainer() -> GRPOTrainer:
-        model, tokenizer, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+        model, tokenizer, _, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
         rows = [{"prompt": PROMPT, "answer": "Naloxone"}] * 4
         args = GRPOConfig(output_dir=str(tmp_path / "grpo-checkpoints"), max_steps=3, learning_rate=1e-2,
                           beta=0.04,  # a KL term: TRL keeps the "ref" copy of the SFT adapter
@@ -189,7 +190,7 @@ def test_a_grpo_run_from_the_sft_adapter_resumes_with_its_trained_adapter(tmp_pa
     def adapter(model) -> dict:
         return {n: p.detach().clone() for n, p in model.named_parameters() if ".default." in n}
 
-    model, tokenizer, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
+    model, tokenizer, _, _ = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
     save_adapter(model, tokenizer, tmp_path / grpo.SFT_ADAPTER)  # the SFT adapter of 03 to start from
     first = trainer()
     start = adapter(first.model)

@@ -24,10 +24,10 @@ def _adapter(model) -> dict:
 def test_the_lora_cell_of_03_makes_the_adapters_of_add_lora(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
     knobs = {"PROFILE": "cpu", "LORA_R": 8, "LORA_ALPHA": 16, "LORA_TARGETS": ("q_proj", "v_proj")}
-    model, _ = load_text_model("embedded")
+    model, _, _ = load_text_model("embedded")
     cell = notebook.run_recipe("sft", knobs, tag=("plan", "lora"),
                                namespace={"model": model, "backend": "transformers"})
-    helper, _ = load_text_model("embedded")
+    helper, _, _ = load_text_model("embedded")
     helper = add_lora(helper, r=8, alpha=16, targets=("q_proj", "v_proj"), gradient_checkpointing=False)
     assert _adapter(cell["model"]) == _adapter(helper)
     assert cell["trainable"] == count_parameters(helper)[0] > 0
@@ -37,11 +37,11 @@ def test_the_lora_cell_of_03_makes_the_adapters_of_add_lora(tmp_path, monkeypatc
 def test_the_lora_cell_of_05_makes_the_adapters_of_add_vl_lora(tmp_path, monkeypatch, switches):
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
     knobs = {"PROFILE": "cpu", "LORA_R": 4, "LORA_ALPHA": 8, **switches}
-    model, _ = vision.load_vl_model("cpu")
+    model, _, _ = vision.load_vl_model("cpu")
     # the VL notebook's first cells load data and a model; its LoRA cell needs only the model and knobs
     cell = notebook.run_recipe("vl", knobs, tag="lora",
                                namespace={"model": model, "backend": "transformers", "on_gpu": False})
-    helper, _ = vision.load_vl_model("cpu")
+    helper, _, _ = vision.load_vl_model("cpu")
     helper = vision.add_vl_lora(helper, r=4, alpha=8, gradient_checkpointing=False,
                                 vision_layers=switches.get("FINETUNE_VISION_LAYERS", True),
                                 mlp=switches.get("FINETUNE_MLP_MODULES", True))

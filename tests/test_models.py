@@ -27,8 +27,8 @@ def test_the_embedded_folder_is_a_plain_trainable_model():
 
 
 def test_embedded_model_loads_unquantized_with_chat_tokens(embedded):
-    model, tokenizer = embedded
-    assert model.course_backend == "transformers"
+    model, tokenizer, backend = embedded
+    assert backend == "transformers"
     assert getattr(model, "hf_quantizer", None) is None
     assert model.dtype == torch.float32
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
@@ -47,13 +47,13 @@ def test_a_missing_model_folder_is_one_sentence():
 
 
 def test_4bit_on_cpu_says_so_and_loads_full_precision(capsys):
-    model, _ = load_text_model("embedded", load_in_4bit=True)
+    model, _, _ = load_text_model("embedded", load_in_4bit=True)
     assert "4-bit loading needs a CUDA GPU" in capsys.readouterr().out
     assert model.dtype == torch.float32
 
 
 def test_batched_left_padded_generation_matches_one_at_a_time(embedded):
-    model, tokenizer = embedded
+    model, tokenizer, _ = embedded
     questions = ["What is anemia?", "List two symptoms of a heart attack that need emergency care.",
                  "Hi"]
     batched = generate_replies(model, tokenizer, questions, max_new_tokens=16, batch_size=3)
@@ -63,7 +63,7 @@ def test_batched_left_padded_generation_matches_one_at_a_time(embedded):
 
 
 def test_generation_stops_at_the_end_of_the_turn(embedded):
-    model, tokenizer = embedded
+    model, tokenizer, _ = embedded
     [reply] = generate_replies(model, tokenizer, ["Answer with one word: what organ pumps blood?"],
                                max_new_tokens=64)
     assert reply.new_tokens < 64, reply.text  # stopped on <|im_end|>, not on the token limit
@@ -76,7 +76,7 @@ def _loss(model, batch) -> float:
 
 
 def test_lora_trains_only_the_adapters_and_round_trips(tmp_path):
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     model = add_lora(model, r=8, alpha=16)
     trainable, total = count_parameters(model)
     assert 0 < trainable < 0.05 * total
@@ -97,14 +97,14 @@ def test_lora_trains_only_the_adapters_and_round_trips(tmp_path):
     saved = save_adapter(model, tokenizer, tmp_path / "adapter")
     assert (saved / "adapter_config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary folder left
-    base, _ = load_text_model("embedded")
+    base, _, _ = load_text_model("embedded")
     assert _loss(base, batch) == pytest.approx(before, rel=1e-4)  # the base itself was not changed
     reloaded = load_adapter(base, saved)
     assert _loss(reloaded, batch) == pytest.approx(after, rel=1e-4)
 
 
 def test_loading_a_missing_adapter_names_the_notebook(embedded, tmp_path):
-    model, _ = embedded
+    model, _, _ = embedded
     with pytest.raises(CourseError, match="run 03_sft_llm.ipynb first"):
         load_adapter(model, tmp_path / "sft-adapter", made_by="03_sft_llm.ipynb")
 
@@ -127,7 +127,7 @@ def test_a_stored_max_length_is_cleared_so_generation_does_not_warn(embedded):
 
     from helpers.models import clear_max_length
 
-    model, tokenizer = embedded
+    model, tokenizer, _ = embedded
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())

@@ -23,7 +23,7 @@ def merged_dir(tmp_path_factory) -> Path:
     """The embedded model with a fresh LoRA merged in, saved in 16-bit as 03 does (``sft-merged``)."""
     from helpers import models, training
 
-    model, tokenizer = models.load_text_model("embedded", backend="transformers")
+    model, tokenizer, _ = models.load_text_model("embedded", backend="transformers")
     model = models.add_lora(model, r=8, gradient_checkpointing=False)
     path = tmp_path_factory.mktemp("run") / "sft-merged"
     training.save_merged(model, tokenizer, path)

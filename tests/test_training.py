@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from helpers import CourseError, datasets, training
+from helpers import CourseError, datasets, memory, training
 from helpers.datasets import SFTExample
 from helpers.errors import is_out_of_memory
 from helpers.hub import embedded_model_dir
@@ -48,7 +48,7 @@ def rows_for(tokenizer) -> list[dict]:
 
 
 def make_trainer(folder: Path, output_dir: Path, lr: float = 1e-3, steps: int = 4, callbacks=()):
-    model, tokenizer = load_text_model(str(folder))
+    model, tokenizer, _ = load_text_model(str(folder))
     model = add_lora(model, r=4, alpha=8, gradient_checkpointing=False)
     args = SFTConfig(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=2,
                      learning_rate=lr, logging_steps=1, save_steps=2, bf16=False, report_to="none",
@@ -230,16 +230,15 @@ class _Trainer:
         self.model, self.args = model, SimpleNamespace(fp16=fp16)
 
 
-def _bf16_adapters(backend: str) -> torch.nn.Module:
+def _bf16_adapters() -> torch.nn.Module:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
     model[0].requires_grad_(False)  # a frozen base layer keeps its dtype
-    model.course_backend = backend
     return model
 
 
 def test_fp16_training_gets_fp32_adapters_and_fp32_gradients():
-    model = _bf16_adapters("transformers")
-    assert training.fp32_adapters_for_fp16(_Trainer(model, fp16=True)) == 2  # weight and bias
+    model = _bf16_adapters()
+    assert training.fp32_adapters_for_fp16(_Trainer(model, fp16=True), "transformers") == 2  # weight and bias
     assert model[1].weight.dtype == torch.float32 and model[0].weight.dtype == torch.bfloat16
     model[1](torch.ones(1, 4)).sum().backward()
     # CUDA's gradient scaler (fp16 training) cannot unscale bf16 gradients; these are fp32.
@@ -248,8 +247,8 @@ def test_fp16_training_gets_fp32_adapters_and_fp32_gradients():
 
 @pytest.mark.parametrize("backend, fp16", [("transformers", False), ("unsloth", True)])
 def test_adapters_are_left_alone_in_bf16_training_and_under_unsloth(backend, fp16):
-    model = _bf16_adapters(backend)
-    assert training.fp32_adapters_for_fp16(_Trainer(model, fp16=fp16)) == 0
+    model = _bf16_adapters()
+    assert training.fp32_adapters_for_fp16(_Trainer(model, fp16=fp16), backend) == 0
     assert model[1].weight.dtype == torch.bfloat16
 
 
@@ -299,26 +298,26 @@ def test_tracking_uses_swanlab_with_a_key_or_locally(swanlab_env, tmp_path):
 # --- memory ---------------------------------------------------------------------------------
 
 def test_lora_parameter_count_matches_peft(tiny_dir):
-    model, _ = load_text_model(str(tiny_dir))
-    counts = training.count_parameter_kinds(model, LORA_TARGETS)
+    model, _, _ = load_text_model(str(tiny_dir))
+    counts = memory.count_parameter_kinds(model, LORA_TARGETS)
     assert counts.total == count_parameters(model)[1]
     trainable, _ = count_parameters(add_lora(model, r=4, alpha=8, gradient_checkpointing=False))
     assert trainable == 4 * counts.lora_per_rank
 
 
 def test_memory_table_orders_the_methods():
-    counts = training.qwen3_parameter_counts("Qwen/Qwen3-1.7B", LORA_TARGETS)
+    counts = memory.qwen3_parameter_counts("Qwen/Qwen3-1.7B", LORA_TARGETS)
     assert 1.6e9 < counts.total < 2.1e9 and counts.other > 0.3e9  # the 151,936-token embedding stays 16-bit
-    [row] = training.memory_table({"1.7B": counts}, r=16)
+    [row] = memory.memory_table({"1.7B": counts}, r=16)
     assert row["full"] > 5 * row["lora-16bit"] > 5 * row["qlora-4bit"] > 0
     assert abs(row["full"] - counts.total * 12 / 1024**3) < 0.1
-    [eight_bit] = training.memory_table({"1.7B": counts}, r=16, optimizer_bits=8)
+    [eight_bit] = memory.memory_table({"1.7B": counts}, r=16, optimizer_bits=8)
     assert abs(eight_bit["full"] - counts.total * 6 / 1024**3) < 0.1  # 8-bit moments: half of 12 bytes
     assert eight_bit["lora-16bit"] < row["lora-16bit"] and eight_bit["qlora-4bit"] < row["qlora-4bit"]
     with pytest.raises(CourseError, match="optimizer_bits is 8 or 32"):
-        training.memory_table({"1.7B": counts}, r=16, optimizer_bits=4)
+        memory.memory_table({"1.7B": counts}, r=16, optimizer_bits=4)
     with pytest.raises(CourseError, match="Unknown method"):
-        training.training_memory_gb(counts, "galore", 16)
+        memory.training_memory_gb(counts, "galore", 16)
 
 
 # --- a standalone model ---------------------------------------------------------------------

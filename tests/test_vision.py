@@ -76,7 +76,7 @@ def test_only_the_last_assistant_turn_is_trained_and_a_row_without_one_trains_no
 
 def test_the_tiny_model_overfits_a_handful_of_pairs(tiny):
     folder, processor = tiny
-    model, processor = vision.load_vl_model(str(folder), backend="transformers")
+    model, processor, _ = vision.load_vl_model(str(folder), backend="transformers")
     model = vision.add_vl_lora(model, r=16, alpha=32, gradient_checkpointing=False)
     pairs = [example("Axial CT of the chest shows a nodule in the right lung.", shade=30),
              example("Frontal radiograph of the knee, no fracture.", shade=120),
@@ -102,7 +102,7 @@ def test_the_tiny_model_overfits_a_handful_of_pairs(tiny):
 
 def test_batched_captions_match_one_at_a_time(tiny):
     folder, _ = tiny
-    model, processor = vision.load_vl_model(str(folder), backend="transformers")
+    model, processor, _ = vision.load_vl_model(str(folder), backend="transformers")
     images = [picture(64, 64, 20), picture(160, 96, 200), picture(96, 128, 90)]
     batched = vision.generate_captions(model, processor, images, "Describe.", max_new_tokens=8, batch_size=3)
     single = [vision.generate_captions(model, processor, [image], "Describe.", max_new_tokens=8)[0]
@@ -118,7 +118,7 @@ def test_batched_captions_match_one_at_a_time(tiny):
 ])
 def test_lora_lands_only_on_the_chosen_parts(tiny, switches, vision_lora, language_lora):
     folder, _ = tiny
-    model, _ = vision.load_vl_model(str(folder), backend="transformers")
+    model, _, _ = vision.load_vl_model(str(folder), backend="transformers")
     model = vision.add_vl_lora(model, r=4, alpha=4, gradient_checkpointing=False, **switches)
     adapted = [name for name, _ in model.named_modules() if name.endswith("lora_A")]
     assert any("visual" in n for n in adapted) == vision_lora
@@ -130,7 +130,7 @@ def test_lora_lands_only_on_the_chosen_parts(tiny, switches, vision_lora, langua
 
 def test_attention_only_lora_skips_the_mlps(tiny):
     folder, _ = tiny
-    model, _ = vision.load_vl_model(str(folder), backend="transformers")
+    model, _, _ = vision.load_vl_model(str(folder), backend="transformers")
     model = vision.add_vl_lora(model, r=4, alpha=4, mlp=False, gradient_checkpointing=False)
     adapted = {name.split(".")[-2] for name, _ in model.named_modules() if name.endswith("lora_A")}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "qkv", "proj"}
@@ -185,7 +185,7 @@ def test_an_interrupted_vl_run_resumes_from_its_last_checkpoint(tiny, tmp_path, 
                 "args": [4, 1e-3, 2]}  # what 05 puts in its settings: model, data, steps, rate, batch
 
     def trainer(callback) -> SFTTrainer:  # what rerunning 05 builds: a fresh model and trainer
-        model, processor = vision.load_vl_model(str(folder), backend="transformers")
+        model, processor, _ = vision.load_vl_model(str(folder), backend="transformers")
         model = vision.add_vl_lora(model, r=4, alpha=8, gradient_checkpointing=False)
         args = SFTConfig(output_dir=str(tmp_path / "vl-checkpoints"), max_steps=4,
                          per_device_train_batch_size=2, learning_rate=1e-3, save_steps=2, logging_steps=1,

@@ -17,7 +17,7 @@ from helpers.models import add_lora, load_text_model, save_adapter
 
 
 def main(out: Path, steps: int, save_every: int) -> None:
-    model, tokenizer = load_text_model("embedded")
+    model, tokenizer, _ = load_text_model("embedded")
     model = add_lora(model, r=8, alpha=16, gradient_checkpointing=False)
     examples = datasets.load_sft_examples(languages=("en",), limit=16, seed=0).examples
     rows = [datasets.to_prompt_completion(tokenizer, ex) for ex in examples]
