@@ -56,7 +56,9 @@ def sft_config(output_dir: str, setting: str, plan: dict, steps: int, padding_fr
     ns = notebook.run_recipe("sft", knobs, tag=("plan", "sft-config"),
                              namespace={"backend": "unsloth" if padding_free else "transformers",
                                         "held_rows": []})  # no held-out loss in a benchmark
-    return ns["args"]
+    args = ns["args"]
+    args.save_strategy = "no"  # a benchmark saves nothing: an 8B checkpoint with its optimizer is ~50 GB
+    return args
 
 
 class Clock:

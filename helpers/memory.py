@@ -90,3 +90,36 @@ def memory_table(models: dict[str, ParameterCounts], r: int, optimizer_bits: int
 # Peak GPU memory measured on an H200 with 03's 80gb settings (docs/benchmarks.md, section 7), GiB.
 MEASURED_PEAK_GIB = {("Qwen/Qwen3-1.7B", "full"): 13.5, ("Qwen/Qwen3-1.7B", "lora-16bit"): 4.9,
                      ("Qwen/Qwen3-8B", "lora-16bit"): 18.6}
+
+
+def full_finetune_peak_gib(model_id: str) -> float | None:
+    """Peak GiB to fully fine-tune a Qwen3 size as 03 does on a GPU (8-bit moments): the H200 measurement
+    where there is one, else the estimate scaled as the measured 1.7B peak is to its estimate. None for a
+    model whose shape the course does not know."""
+    from helpers.architectures import QWEN3_SHAPES
+    from helpers.models import LORA_TARGETS
+
+    if (model_id, "full") in MEASURED_PEAK_GIB:
+        return MEASURED_PEAK_GIB[(model_id, "full")]
+    if model_id not in QWEN3_SHAPES:
+        return None
+    reference = "Qwen/Qwen3-1.7B"  # activations and allocator slack on top of the states, as measured
+    scale = MEASURED_PEAK_GIB[(reference, "full")] / training_memory_gb(
+        qwen3_parameter_counts(reference, LORA_TARGETS), "full", 16, optimizer_bits=8)
+    counts = qwen3_parameter_counts(model_id, LORA_TARGETS)
+    return scale * training_memory_gb(counts, "full", 16, optimizer_bits=8)
+
+
+def full_finetune_refusal(model_id: str, gpu_gib: float) -> str | None:
+    """None when fully fine-tuning ``model_id`` fits a GPU of ``gpu_gib``; else one sentence saying
+    what does fit (a smaller size in full, or LoRA on this one)."""
+    from helpers.architectures import QWEN3_SHAPES
+
+    need = full_finetune_peak_gib(model_id)
+    if need is None or need <= gpu_gib:
+        return None
+    fitting = [name for name in QWEN3_SHAPES if (full_finetune_peak_gib(name) or float("inf")) <= gpu_gib]
+    largest = max(fitting, key=lambda name: full_finetune_peak_gib(name) or 0.0, default=None)
+    smaller = f"MODEL = {largest!r} trains in full here, or " if largest else ""
+    return (f"Full fine-tuning of {model_id} needs about {need:.0f} GiB, more than this GPU's "
+            f"{gpu_gib:.0f} GiB: {smaller}keep this model with FULL_FINETUNE = False (LoRA).")

@@ -1,6 +1,7 @@
 """The course runner, on three tiny notebooks: one that passes, one that fails, one never reached."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -87,3 +88,12 @@ def test_summary_table_lists_every_notebook():
     assert lines[0].split() == ["notebook", "status", "seconds", "key", "metric"]
     assert "12.3" in lines[2] and "tok_s=15" in lines[2]
     assert lines[3].split() == ["01_eval_data", "not", "run"]
+
+
+def test_the_readme_layout_names_every_room_of_helpers():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rooms = {p.stem for p in (ROOT / "helpers").glob("*.py") if p.stem != "__init__"}
+    rooms |= {p.name for p in (ROOT / "helpers").iterdir() if (p / "__init__.py").is_file()}
+    unnamed = sorted(room for room in rooms if not re.search(rf"\b{room}\b", layout))
+    assert not unnamed, f"README's Layout does not name helpers/{unnamed}"

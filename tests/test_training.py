@@ -305,21 +305,6 @@ def test_lora_parameter_count_matches_peft(tiny_dir):
     assert trainable == 4 * counts.lora_per_rank
 
 
-def test_memory_table_orders_the_methods():
-    counts = memory.qwen3_parameter_counts("Qwen/Qwen3-1.7B", LORA_TARGETS)
-    assert 1.6e9 < counts.total < 2.1e9 and counts.other > 0.3e9  # the 151,936-token embedding stays 16-bit
-    [row] = memory.memory_table({"1.7B": counts}, r=16)
-    assert row["full"] > 5 * row["lora-16bit"] > 5 * row["qlora-4bit"] > 0
-    assert abs(row["full"] - counts.total * 12 / 1024**3) < 0.1
-    [eight_bit] = memory.memory_table({"1.7B": counts}, r=16, optimizer_bits=8)
-    assert abs(eight_bit["full"] - counts.total * 6 / 1024**3) < 0.1  # 8-bit moments: half of 12 bytes
-    assert eight_bit["lora-16bit"] < row["lora-16bit"] and eight_bit["qlora-4bit"] < row["qlora-4bit"]
-    with pytest.raises(CourseError, match="optimizer_bits is 8 or 32"):
-        memory.memory_table({"1.7B": counts}, r=16, optimizer_bits=4)
-    with pytest.raises(CourseError, match="Unknown method"):
-        memory.training_memory_gb(counts, "galore", 16)
-
-
 # --- a standalone model ---------------------------------------------------------------------
 
 def test_the_merged_model_answers_like_the_adapter(tiny_dir, tmp_path):
