@@ -89,7 +89,7 @@ def memory_table(models: dict[str, ParameterCounts], r: int, optimizer_bits: int
 
 # Peak GPU memory measured on an H200 with 03's 80gb settings (docs/benchmarks.md, section 7), GiB.
 MEASURED_PEAK_GIB = {("Qwen/Qwen3-1.7B", "full"): 13.5, ("Qwen/Qwen3-1.7B", "lora-16bit"): 4.9,
-                     ("Qwen/Qwen3-8B", "lora-16bit"): 18.6}
+                     ("Qwen/Qwen3-8B", "full"): 53.8, ("Qwen/Qwen3-8B", "lora-16bit"): 18.6}
 
 
 def full_finetune_peak_gib(model_id: str) -> float | None:
