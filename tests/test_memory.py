@@ -40,3 +40,17 @@ def test_full_finetuning_that_does_not_fit_is_refused_with_what_fits():
     nothing_fits = memory.full_finetune_refusal("Qwen/Qwen3-1.7B", 8.0)
     assert "trains in full here" not in nothing_fits and "FULL_FINETUNE = False" in nothing_fits
     assert memory.full_finetune_refusal("org/some-other-model", 1.0) is None
+
+
+def test_the_peaks_03_prints_are_the_ones_docs_benchmarks_records():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = docs.split("### 7. Full fine-tuning against 16-bit LoRA", 1)[1].split("\n### ", 1)[0]
+    methods = {"full": "full", "16-bit LoRA r=64": "lora-16bit"}
+    recorded = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[1] in methods:
+            recorded[(f"Qwen/{cells[0]}", methods[cells[1]])] = float(cells[4])
+    assert recorded == memory.MEASURED_PEAK_GIB
