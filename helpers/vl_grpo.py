@@ -18,7 +18,7 @@ from helpers.report_facts import MODALITIES, closed_questions
 from helpers.runs import shown
 
 VL_GRPO_ADAPTER = "vl-grpo-adapter"  # read by 07_demo.ipynb, beside 05's vl-adapter
-# After the question: reason first, as the text model of 06 does, then answer in a word.
+# Before the question: reason first, as the text model of 06 does, then answer in a word.
 REASON_FIRST = {"en": "Reason step by step inside <think> </think>, then give only the answer.",
                 "zh": "请先在 <think> </think> 中逐步推理，然后只给出答案。"}
 NO_FACT = "the caption states no modality or finding plainly"  # the reason a pair gives no question
@@ -27,7 +27,7 @@ NO_FACT = "the caption states no modality or finding plainly"  # the reason a pa
 def question_rows(examples: list[dict], language: str = "en") -> tuple[list[dict], dict[str, int]]:
     """(one GRPO row per closed question a pair's caption answers, the pairs skipped by reason).
 
-    A row holds ``prompt`` (the user turn: the question, then ``REASON_FIRST``), ``image`` and the
+    A row holds ``prompt`` (the user turn: ``REASON_FIRST``, then the question), ``image`` and the
     columns the rewards read: ``kind`` ("modality" or a finding), ``answer`` and ``question``.
     """
     if language not in REASON_FIRST:
@@ -40,7 +40,7 @@ def question_rows(examples: list[dict], language: str = "en") -> tuple[list[dict
             skipped[NO_FACT] = skipped.get(NO_FACT, 0) + 1
             continue
         for question in asked:
-            text = f"{question.question} {REASON_FIRST[language]}"
+            text = f"{REASON_FIRST[language]} {question.question}"  # the question last: logs show its end
             rows.append({"prompt": [{"role": "user", "content": text}], "image": example["images"][0],
                          "kind": question.kind, "answer": question.answer, "question": question.question,
                          "id": example.get("id", "")})

@@ -44,7 +44,7 @@ def test_a_roco_caption_gives_its_modality_from_the_concepts_and_each_finding_it
     assert by_kind["effusion"]["answer"] == "no"  # "there is no pleural effusion"
     assert "fracture" not in by_kind  # the caption says nothing about one: no question
     row = by_kind["nodule"]
-    assert row["prompt"] == [{"role": "user", "content": f"{row['question']} {vl_grpo.REASON_FIRST['en']}"}]
+    assert row["prompt"] == [{"role": "user", "content": f"{vl_grpo.REASON_FIRST['en']} {row['question']}"}]
     assert row["id"] == "ROCOv2_2023_001" and row["image"].size == (32, 32)
 
 
@@ -115,17 +115,17 @@ def test_answers_come_back_in_the_rows_order_with_each_rows_own_question(monkeyp
 
     def fake_captions(model, processor, images, instruction, *, max_new_tokens, batch_size):
         calls.append((instruction, len(images), max_new_tokens))
-        return [f"{instruction[:12]}|{image.getpixel((0, 0))[0]}" for image in images]
+        return [f"{instruction[-12:]}|{image.getpixel((0, 0))[0]}" for image in images]
 
     monkeypatch.setattr("helpers.vision.generate_captions", fake_captions)
     examples = [_example(ROCO_CT, ["C0040405"], "a", 10), _example(ROCO_XRAY, ["C1306645"], "b", 20)]
     rows, _ = vl_grpo.question_rows(examples)
     answers = vl_grpo.answer_questions(None, None, rows, max_new_tokens=16)
     grey = {"a": 10, "b": 20}
-    assert answers == [f"{r['prompt'][0]['content'][:12]}|{grey[r['id']]}" for r in rows]
+    assert answers == [f"{r['prompt'][0]['content'][-12:]}|{grey[r['id']]}" for r in rows]
     assert len(calls) == len({r["question"] for r in rows})  # one batch per question
-    assert ("Which imaging modality is this: CT, MRI, X-ray, ultrasound, nuclear medicine? Answer in one "
-            f"word. {vl_grpo.REASON_FIRST['en']}", 2, 16) in calls
+    assert (f"{vl_grpo.REASON_FIRST['en']} Which imaging modality is this: CT, MRI, X-ray, ultrasound, "
+            "nuclear medicine? Answer in one word.", 2, 16) in calls
 
 
 def test_the_policy_continues_05s_adapter_or_starts_fresh_and_says_which(tmp_path):
