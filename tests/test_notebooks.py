@@ -136,7 +136,7 @@ def test_06_trains_the_vl_model_with_grpo_reads_its_numbers_out_and_07_shows_it(
     assert f"Guessing scores {vl['chance']:.0%} on these questions" in printed
     assert "this shows the mechanics of VL GRPO" in printed
     assert images == 1 and cells["nb06-vl-15"][1] == 1  # the answers beside their images; the bars
-    assert re.search(r"step +\d+/\d+ reward [+-]\d", cells["nb06-vl-11"][0])  # one line per step
+    assert re.search(r"step +\d+/\d+ · reward [+-]\d", cells["nb06-vl-11"][0])  # one line per step
     assert vl["steps"] == get_profile("cpu").grpo_vl_steps
     assert (cpu_course.run / "vl-grpo-adapter" / "adapter_config.json").is_file()
     # 07: a vl-grpo column in the image tab, and the recap row.
