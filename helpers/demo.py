@@ -18,12 +18,15 @@ from helpers.answers import split_think
 from helpers.generation import chat_prompt
 from helpers.grpo import GRPO_ADAPTER, SFT_ADAPTER
 from helpers.metrics import SafetyLists, find_keywords
+from helpers.vl_grpo import VL_GRPO_ADAPTER
 
 ADAPTERS = {"sft": SFT_ADAPTER, "grpo": GRPO_ADAPTER}  # label: folder in the run dir
 VL_ADAPTER = "vl-adapter"  # written by 05_sft_vl.ipynb
-MADE_BY = {"sft": "03_sft_llm.ipynb", "grpo": "06_grpo.ipynb", "vl-sft": "05_sft_vl.ipynb"}
+VL_ADAPTERS = {"vl-sft": VL_ADAPTER, "vl-grpo": VL_GRPO_ADAPTER}  # label: folder in the run dir
+MADE_BY = {"sft": "03_sft_llm.ipynb", "grpo": "06_grpo.ipynb", "vl-sft": "05_sft_vl.ipynb",
+           "vl-grpo": "06_grpo.ipynb"}
 TITLES = {"base": "Base model", "sft": "After SFT (03)", "grpo": "After GRPO (06)",
-          "vl-base": "Base VL model", "vl-sft": "After VL SFT (05)"}
+          "vl-base": "Base VL model", "vl-sft": "After VL SFT (05)", "vl-grpo": "After VL GRPO (06)"}
 
 OnText = Callable[[str], None]
 SHOW_EVERY_S = 0.1  # a streamed answer is shown at most this often (a browser cannot draw faster anyway)
@@ -57,9 +60,10 @@ def choices(labels: list[str]) -> list[tuple[str, str]]:
     return [(TITLES.get(label, label), label) for label in labels]
 
 
-def find_adapters(run: Path) -> dict[str, Path]:
-    """The text adapters this run has trained so far, by label: ``sft`` (03) and ``grpo`` (06)."""
-    found = {label: Path(run) / folder for label, folder in ADAPTERS.items()}
+def find_adapters(run: Path, folders: dict[str, str] = ADAPTERS) -> dict[str, Path]:
+    """The adapters this run has trained so far, by label, in course order: the text ones, ``sft`` (03)
+    and ``grpo`` (06), or with ``folders=VL_ADAPTERS`` the VL ones, ``vl-sft`` (05) and ``vl-grpo`` (06)."""
+    found = {label: Path(run) / folder for label, folder in folders.items()}
     return {label: path for label, path in found.items() if (path / "adapter_config.json").is_file()}
 
 
@@ -207,7 +211,7 @@ def ask(model, tokenizer, question: str, labels: list[str], *, max_new_tokens: i
 
 
 def describe_image(model, processor, image, instruction: str, label: str, *, max_new_tokens: int = 64) -> str:
-    """``label``'s report on one image ("vl-base" with the adapter off, "vl-sft" with it on)."""
+    """``label``'s report on one image ("vl-base": every adapter off; "vl-sft", "vl-grpo": that one on)."""
     from helpers.vision import generate_captions
 
     with use_model(model, label):

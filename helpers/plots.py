@@ -348,20 +348,27 @@ def show_vl_examples(images: Sequence, reports: Sequence[str], titles: Sequence[
 
 
 def show_caption_comparison(images: Sequence, references: Sequence[str], before: Sequence[str],
-                            after: Sequence[str], scores_before: Sequence[float] = (),
-                            scores_after: Sequence[float] = (), title: str = "Held-out images: base vs SFT"):
-    """One row per image: the image, then the reference report, the base model's and the SFT model's."""
+                            after: Sequence[str], scores_before: Sequence[float | str] = (),
+                            scores_after: Sequence[float | str] = (),
+                            title: str = "Held-out images: base vs SFT",
+                            headings: tuple[str, str, str] = ("reference report", "base model", "after SFT"),
+                            score_name: str = "ROUGE-L"):
+    """One row per image: the image, then the reference report, the base model's and the SFT model's.
+
+    ``headings`` name the three text columns; a score is a number (shown as ``score_name`` 0.00) or a
+    word ("right", "wrong") shown as it is."""
     n = len(images)
     fig = _vl_figure(15, 3.3 * n)
     axes = fig.subplots(n, 4, squeeze=False, gridspec_kw={"width_ratios": [1.1, 1.6, 1.6, 1.6]})
     for k in range(n):
         axes[k, 0].imshow(images[k])
         axes[k, 0].set_title(f"held-out image {k + 1}", fontsize=9)
-        columns = [("reference report", references[k], None),
-                   ("base model", before[k], scores_before[k] if k < len(scores_before) else None),
-                   ("after SFT", after[k], scores_after[k] if k < len(scores_after) else None)]
+        columns = [(headings[0], references[k], None),
+                   (headings[1], before[k], scores_before[k] if k < len(scores_before) else None),
+                   (headings[2], after[k], scores_after[k] if k < len(scores_after) else None)]
         for ax, (label, text, score) in zip(axes[k, 1:], columns, strict=True):
-            heading = label if score is None else f"{label} · ROUGE-L {score:.2f}"
+            heading = (label if score is None else f"{label} · {score}" if isinstance(score, str)
+                       else f"{label} · {score_name} {score:.2f}")
             ax.set_title(heading, fontsize=9, loc="left")
             ax.text(0.0, 1.0, _wrap(text, 44, 11), transform=ax.transAxes, va="top", fontsize=8,
                     family="monospace")

@@ -54,6 +54,9 @@ class Profile:
     grpo_steps: int
     grpo_num_generations: int
     grpo_max_completion_length: int
+    # GRPO of the VL model (06, its last section): closed questions about 05's training images
+    vl_grpo: bool  # run it (every profile does: on cpu it shows the mechanics)
+    grpo_vl_steps: int  # the group size and answer length are the text GRPO's
 
     def describe(self) -> dict[str, object]:
         """The profile as a plain dict, for display and for saving with a run."""
@@ -72,6 +75,7 @@ PROFILES: dict[str, Profile] = {
         sft_examples=64, sft_steps=40, sft_batch_size=4, sft_grad_accum=1, sft_overlong="trim",
         vl_examples=11, vl_steps=120, vl_batch_size=2,
         grpo_prompts=16, grpo_steps=6, grpo_num_generations=4, grpo_max_completion_length=96,
+        vl_grpo=True, grpo_vl_steps=2,
     ),
     "t4": Profile(
         name="t4", hardware="≤16 GB, no bf16 (Colab T4, V100 16 GB)",
@@ -83,6 +87,7 @@ PROFILES: dict[str, Profile] = {
         sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4, sft_overlong="drop",
         vl_examples=400, vl_steps=100, vl_batch_size=2,
         grpo_prompts=400, grpo_steps=100, grpo_num_generations=4, grpo_max_completion_length=512,
+        vl_grpo=True, grpo_vl_steps=20,
     ),
     "24gb": Profile(
         name="24gb", hardware="20–48 GB with bf16 (RTX 3090/4090, A10, L4, A6000)",
@@ -94,6 +99,7 @@ PROFILES: dict[str, Profile] = {
         sft_examples=5000, sft_steps=300, sft_batch_size=4, sft_grad_accum=4, sft_overlong="drop",
         vl_examples=1000, vl_steps=150, vl_batch_size=4,
         grpo_prompts=1000, grpo_steps=150, grpo_num_generations=6, grpo_max_completion_length=768,
+        vl_grpo=True, grpo_vl_steps=40,
     ),
     "80gb": Profile(
         name="80gb", hardware="≥48 GB with bf16 (A100/A800/H100/H800)",
@@ -105,6 +111,7 @@ PROFILES: dict[str, Profile] = {
         sft_examples=20000, sft_steps=500, sft_batch_size=8, sft_grad_accum=2, sft_overlong="drop",
         vl_examples=3000, vl_steps=300, vl_batch_size=8,
         grpo_prompts=2000, grpo_steps=200, grpo_num_generations=8, grpo_max_completion_length=1024,
+        vl_grpo=True, grpo_vl_steps=80,
     ),
 }
 

@@ -123,9 +123,9 @@ def _vl_cell(vl: dict, score: str, when: str) -> str:
 
 
 def recap_rows(run: Path) -> list[dict]:
-    """One row per model of this run, from what 02, 04 (base, SFT, GRPO) and 05 saved: the exam, the
-    cases, the think format, the red-team screen, and the image reports, with 95% intervals where the
-    run kept what they need. Models not scored yet are left out."""
+    """One row per model of this run, from what 02, 04 (base, SFT, GRPO), 05 and 06 saved: the exam, the
+    cases, the think format, the red-team screen, the image reports and 06's closed image questions, with
+    95% intervals where the run kept what they need. Models not scored yet are left out."""
     rows = []
     for label in ("base", "sft", "grpo"):
         s = _summary(run, label)
@@ -143,7 +143,29 @@ def recap_rows(run: Path) -> list[dict]:
         for when, label in (("before", "VL base"), ("after", "VL SFT")):
             rows.append({"model": label, "image report ROUGE-L": _vl_cell(vl, "rouge_l", when),
                          "findings recall": _vl_cell(vl, "keyword_recall", when)})
-    return rows
+    return rows + _vl_grpo_rows(run, rows)
+
+
+def _vl_grpo_rows(run: Path, rows: list[dict]) -> list[dict]:
+    """06's closed image questions: the accuracy of the VL model it started from (added to that model's
+    row, when 05's rows are there) and of the VL GRPO model (a row of its own), with a Wilson interval and
+    what guessing scores. Returns the rows to append."""
+    from helpers.metrics import wilson_interval
+
+    vl = (load_metrics(Path(run), "06_grpo") or {}).get("vl")
+    if not vl or not vl.get("heldout_questions"):
+        return []
+    n, added = vl["heldout_questions"], []
+    start = "VL SFT" if vl.get("started_from") == "sft" else "VL base"
+    for when, label in (("before", start), ("after", "VL GRPO")):
+        accuracy = vl[f"heldout_accuracy_{when}"]
+        lo, hi = wilson_interval(round(accuracy * n), n)
+        cell = f"{accuracy:.0%} ({lo:.0%}–{hi:.0%}, n={n}; guessing {vl['chance']:.0%})"
+        row = next((r for r in rows if r["model"] == label), None)
+        if row is None:
+            added.append(row := {"model": label})
+        row["image questions"] = cell
+    return added
 
 
 def redteam_change_readout(label: str, base_items: Sequence[dict], after_items: Sequence[dict]) -> str:

@@ -61,7 +61,8 @@ def client(tmp_path):
     import gradio_client  # the `app` extra, which `make setup` installs
 
     app = gradio_app.build(_turn, ["base", "sft"], findings_fn=_findings, advise_fn=_advise,
-                           vl_labels=["vl-base", "vl-sft"], max_pixels=128 * 128, max_new_tokens=16)
+                           vl_labels=["vl-base", "vl-sft", "vl-grpo"], max_pixels=128 * 128,
+                           max_new_tokens=16)
     url = gradio_app.launch(app)
     try:
         yield gradio_client.Client(url, verbose=False)
@@ -88,6 +89,8 @@ def test_the_report_assistant_takes_an_image_and_refuses_what_is_not_one(client,
     assert found.startswith("vl-sft: ") and "no fracture" in found
     assert Image.open(seen).width * Image.open(seen).height <= 128 * 128  # shrunk within the pixel budget
     assert advice.startswith("Rest the knee (vl-sft:") and "nothing flagged" in advice
+    found, _, _ = client.predict(handle_file(str(picture)), "vl-grpo", "sft", api_name="/report")
+    assert found.startswith("vl-grpo: ")  # 06's VL GRPO model is one of the choices
     notes = tmp_path / "notes.png"
     notes.write_bytes(b"this is not an image")
     found, advice, seen = client.predict(handle_file(str(notes)), "vl-sft", "sft", api_name="/report")

@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers.profiles import get_profile
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(ROOT.glob("[0-9][0-9]_*.ipynb"))
 DESIGN_CARD = ["00_env_setup", "01_eval_data", "02_eval_before", "03_sft_llm", "04_eval_after",
@@ -93,7 +95,7 @@ def test_07_runs_the_report_assistant_a_two_turn_chat_the_apps_and_the_served_me
     demo = _printed(cpu_course.run / "executed" / "07_demo.ipynb")
     metrics = cpu_course.metrics("07_demo")
     # The report assistant on a sample image: findings by the VL SFT model, advice by the GRPO model.
-    assert "findings by After VL SFT (05), advice by After GRPO (06)" in demo
+    assert "findings by After VL GRPO (06), advice by After GRPO (06)" in demo  # the most trained of each
     assert re.search(r"\[findings\] \S.+\n\[advice, streamed\] ", demo)
     assert metrics["report_flags"] is not None
     # Two turns, the second re-reading the first.
@@ -105,6 +107,44 @@ def test_07_runs_the_report_assistant_a_two_turn_chat_the_apps_and_the_served_me
     assert "[advice, over HTTP from sft]" in demo and "transformers serve needs torchvision" in demo
     assert re.search(r"Stopped transformers serve: port \d+ is closed\.", demo)
     assert "No GGUF export here: unsloth is not installed" in demo
+
+
+def _cell_outputs(path: Path) -> dict[str, tuple[str, int]]:
+    """(printed text, number of images) of each code cell of an executed notebook, by cell id."""
+    nb = nbformat.read(path, as_version=4)
+    return {c.get("id", ""): ("\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "")
+                                         for o in c.outputs),
+                              sum("image/png" in o.get("data", {}) for o in c.outputs))
+            for c in nb.cells if c.cell_type == "code"}
+
+
+def test_06_trains_the_vl_model_with_grpo_reads_its_numbers_out_and_07_shows_it(cpu_course):
+    assert cpu_course.returncode == 0, cpu_course.log
+    executed = cpu_course.run / "executed"
+    ids = [c.get("id") for c in nbformat.read(executed / "06_grpo.ipynb", as_version=4).cells]
+    assert ids.index("nb06-35") < ids.index("nb06-vl-00") < ids.index("nb06-36")  # after 12, before the end
+    cells = _cell_outputs(executed / "06_grpo.ipynb")
+    assert "Starting from the VL SFT adapter of 05" in cells["nb06-vl-03"][0]  # 05 ran first
+    vl = cpu_course.metrics("06_grpo")["vl"]
+    printed, images = cells["nb06-vl-14"]
+    # The before/after read-out: the same n as saved, the same numbers, what guessing scores, what cpu shows.
+    accuracy = re.search(r"accuracy +(\d+)% → (\d+)% of (\d+) held-out questions", printed)
+    assert accuracy and int(accuracy[3]) == vl["heldout_questions"] > 0, printed
+    assert [int(accuracy[1]), int(accuracy[2])] == [round(100 * vl[f"heldout_accuracy_{w}"])
+                                                    for w in ("before", "after")]
+    assert re.search(r"format +\d+% → \d+% of \d+ held-out questions", printed)
+    assert f"Guessing scores {vl['chance']:.0%} on these questions" in printed
+    assert "this shows the mechanics of VL GRPO" in printed
+    assert images == 1 and cells["nb06-vl-15"][1] == 1  # the answers beside their images; the bars
+    assert re.search(r"step +\d+/\d+ · reward [+-]\d", cells["nb06-vl-11"][0])  # one line per step
+    assert vl["steps"] == get_profile("cpu").grpo_vl_steps
+    assert (cpu_course.run / "vl-grpo-adapter" / "adapter_config.json").is_file()
+    # 07: a vl-grpo column in the image tab, and the recap row.
+    demo = _printed(executed / "07_demo.ipynb")
+    assert cpu_course.metrics("07_demo")["image_models"] == 3  # vl-base, vl-sft, vl-grpo
+    for title in ("Base VL model", "After VL SFT (05)", "After VL GRPO (06)"):
+        assert f"=== {title} on " in demo, title
+    assert re.search(r"\nVL GRPO\b[^\n]*\d+% \(\d+%–\d+%, n=\d+; guessing \d+%\)", demo)
 
 
 PLOT_CALL = re.compile(r"^\s*plots\.(?:plot|show)_\w+\(", re.MULTILINE)

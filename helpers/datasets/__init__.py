@@ -75,16 +75,19 @@ from helpers.datasets.sft import (
 from helpers.datasets.vl import (
     SAME_SLICE_SKIP,
     VL_INSTRUCTION,
+    VL_INSTRUCTION_ZH,
     VL_OFFLINE,
     VL_OFFLINE_DIR,
     VL_SOURCES,
     VLSet,
     VLSource,
+    concept_ids,
     drop_same_slices,
     load_vl_sets,
     read_local_vl_rows,
     read_offline_vl_rows,
     vl_examples,
+    vl_instruction,
     vl_messages,
 )
 
@@ -105,6 +108,7 @@ __all__ = [
     "question_key", "read_grpo_source", "evaluation_questions", "load_grpo_items",
     # vl
     "VL_INSTRUCTION", "VL_OFFLINE_DIR", "VLSource", "VL_SOURCES", "VL_OFFLINE", "VLSet", "vl_messages",
+    "VL_INSTRUCTION_ZH", "vl_instruction", "concept_ids",
     "vl_examples", "read_offline_vl_rows", "read_local_vl_rows", "load_vl_sets", "SAME_SLICE_SKIP",
     "drop_same_slices",
 ]

@@ -19,6 +19,8 @@ from helpers.errors import CourseError
 
 VL_INSTRUCTION = ("You are a radiologist. Describe this medical image: the imaging modality, the view, "
                   "the anatomy shown and any abnormal findings.")
+VL_INSTRUCTION_ZH = "用中文描述这张影像并给出诊断"  # "describe this image in Chinese and give your diagnosis"
+INSTRUCTION_LANGUAGES = {"en": VL_INSTRUCTION, "zh": VL_INSTRUCTION_ZH}
 VL_OFFLINE_DIR = DATA_DIR / "vl"
 
 
@@ -34,13 +36,14 @@ class VLSource:
     id: str
     stream: bool  # read row by row: the whole dataset is far too big to download for a class
     licence: str
+    concepts: str = ""  # the column of UMLS concept ids (ROCO's "cui"), where the dataset has one
 
 
 VL_SOURCES: dict[str, VLSource] = {
     # 1,978 train / 327 test radiology images with captions, sampled from ROCOv2 (PubMed Central).
     "unsloth/Radiology_mini": VLSource(
         "unsloth/Radiology_mini", None, ("train", "test"), image="image", caption="caption", id="image_id",
-        stream=False, licence="CC BY-NC 2.0 (dataset card)"),
+        stream=False, licence="CC BY-NC 2.0 (dataset card)", concepts="cui"),
     # The demo subset (~162k rows) of MedTrinity-25M; gated: accept its terms on the hub page first.
     "UCSC-VLAA/MedTrinity-25M": VLSource(
         "UCSC-VLAA/MedTrinity-25M", "25M_demo", ("train",), image="image", caption="caption", id="id",
@@ -49,14 +52,15 @@ VL_SOURCES: dict[str, VLSource] = {
 
 # The offline samples in data/vl/ use Radiology_mini's columns, whichever dataset was asked for.
 VL_OFFLINE = VLSource("data/vl", None, ("train", "test"), image="image", caption="caption", id="image_id",
-                      stream=False, licence="images: see data/vl/README.md; reports: Apache-2.0")
+                      stream=False, licence="images: see data/vl/README.md; reports: Apache-2.0",
+                      concepts="cui")
 
 
 @dataclass
 class VLSet:
     """Image + report examples ready for training, and what was skipped on the way."""
 
-    examples: list[dict]  # {"id", "messages", "images", "report"}
+    examples: list[dict]  # {"id", "messages", "images", "report", "cuis"}
     origin: str  # the hub id, or "offline samples (data/vl)"
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
 
@@ -74,6 +78,25 @@ class VLSet:
         other pairs is never resumed, even where the ids are the same (as when samples change split)."""
         pairs = json.dumps([[ex["id"], ex["report"]] for ex in self.examples], ensure_ascii=False)
         return hashlib.sha256(pairs.encode("utf-8")).hexdigest()[:16]
+
+
+def vl_instruction(language: str) -> str:
+    """05's instruction in ``language``: "en" (the default) or "zh" (in Chinese, with a diagnosis)."""
+    if language not in INSTRUCTION_LANGUAGES:
+        raise CourseError(f"INSTRUCTION_LANGUAGE = {language!r}: choose one of "
+                          f"{', '.join(map(repr, INSTRUCTION_LANGUAGES))}.")
+    return INSTRUCTION_LANGUAGES[language]
+
+
+def concept_ids(value: object) -> list[str]:
+    """The UMLS concept ids of a row (ROCO's "cui"): a list, or its text as a CSV copy holds it
+    ("['C0040405', 'C0817096']"), or an array of them (parquet); anything else gives none."""
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, str):
+        return re.findall(r"C\d{7}", value)
+    if isinstance(value, list | tuple):
+        return [str(c).strip() for c in value if isinstance(c, str) and re.fullmatch(r"\s*C\d{7}\s*", c)]
+    return []
 
 
 def vl_messages(report: str | None, instruction: str = VL_INSTRUCTION) -> list[dict]:
@@ -104,7 +127,8 @@ def vl_examples(rows: list[dict], source: VLSource, *, instruction: str = VL_INS
             skipped[str(err)] = skipped.get(str(err), 0) + 1
             continue
         examples.append({"id": str(row.get(source.id, len(examples))), "images": [image], "report": report,
-                         "messages": vl_messages(report, instruction)})
+                         "messages": vl_messages(report, instruction),
+                         "cuis": concept_ids(row.get(source.concepts)) if source.concepts else []})
     return VLSet(examples, origin or source.hub_id, skipped)
 
 
