@@ -322,33 +322,53 @@ def hit_token_limit(records: Sequence[dict], max_new_tokens: int) -> float:
 # --- image reports: the findings a report names ------------------------------------------------
 
 # Findings vocabulary: imaging modality, view, anatomy and finding words a report should name.
-# Each entry lists the spellings that count as the same finding.
+# Each entry lists the spellings that count as the same finding, English and then Chinese: a report
+# written in Chinese (05's INSTRUCTION_LANGUAGE = "zh") is scored on the same terms.
 FINDINGS_TERMS: dict[str, tuple[str, ...]] = {
-    "ct": ("ct", "computed tomography"), "mri": ("mr", "mri", "magnetic resonance"),
-    "radiograph": ("radiograph", "x-ray", "xray"), "ultrasound": ("ultrasound", "sonograph"),
-    "doppler": ("doppler",), "echocardiogram": ("echocardiogram", "echocardiography"),
-    "scintigraphy": ("scintigraphy", "bone scan", "nuclear medicine"),
-    "axial": ("axial",), "coronal": ("coronal",), "sagittal": ("sagittal",),
-    "frontal": ("frontal", "posteroanterior", "anteroposterior"),
-    "contrast": ("contrast", "enhanced", "enhancing", "enhance"), "window": ("window",),
-    "head": ("head", "skull", "brain", "cerebellum", "temporal lobe"),
-    "chest": ("chest", "thorax", "thoracic"),
-    "lung": ("lung", "pulmonary"), "heart": ("heart", "cardiac", "ventricle", "atrium", "aorta", "aortic"),
-    "abdomen": ("abdomen", "abdominal"), "liver": ("liver", "hepatic"), "kidney": ("kidney", "renal"),
-    "pelvis": ("pelvis", "pelvic", "bladder"), "spine": ("spine", "vertebra", "vertebral", "spinal"),
-    "bone": ("bone", "skeleton", "skeletal", "marrow", "tibia", "fibula", "humerus", "humeral", "rib"),
-    "shoulder": ("shoulder", "glenoid", "acromion"), "vessel": ("vessel", "artery", "vein", "blood flow"),
-    "lymph node": ("lymph node",), "lesion": ("lesion", "mass", "tumour", "tumor", "fibroma"),
-    "nodule": ("nodule", "nodular", "opacity", "opacities"), "fracture": ("fracture",),
-    "fluid": ("fluid", "effusion", "anechoic", "cyst"), "normal": ("normal", "unremarkable"),
+    "ct": ("ct", "computed tomography", "计算机断层"),
+    "mri": ("mr", "mri", "magnetic resonance", "磁共振", "核磁"),
+    "radiograph": ("radiograph", "x-ray", "xray", "x线", "x光", "平片"),
+    "ultrasound": ("ultrasound", "sonograph", "超声", "彩超", "b超"),
+    "doppler": ("doppler", "多普勒"), "echocardiogram": ("echocardiogram", "echocardiography", "超声心动图"),
+    "scintigraphy": ("scintigraphy", "bone scan", "nuclear medicine", "核素", "骨扫描", "闪烁显像"),
+    "axial": ("axial", "轴位", "横断面"), "coronal": ("coronal", "冠状位"),
+    "sagittal": ("sagittal", "矢状位"),
+    "frontal": ("frontal", "posteroanterior", "anteroposterior", "正位", "后前位"),
+    "contrast": ("contrast", "enhanced", "enhancing", "enhance", "增强", "造影"),
+    "window": ("window", "肺窗", "骨窗", "纵隔窗", "软组织窗"),
+    "head": ("head", "skull", "brain", "cerebellum", "temporal lobe", "头部", "颅", "脑"),
+    "chest": ("chest", "thorax", "thoracic", "胸部", "胸廓"), "lung": ("lung", "pulmonary", "肺"),
+    "heart": ("heart", "cardiac", "ventricle", "atrium", "aorta", "aortic", "心脏", "心室", "心房", "主动脉"),
+    "abdomen": ("abdomen", "abdominal", "腹部"), "liver": ("liver", "hepatic", "肝"),
+    "kidney": ("kidney", "renal", "肾"), "pelvis": ("pelvis", "pelvic", "bladder", "盆腔", "骨盆", "膀胱"),
+    "spine": ("spine", "vertebra", "vertebral", "spinal", "脊柱", "椎体", "脊髓"),
+    "bone": ("bone", "skeleton", "skeletal", "marrow", "tibia", "fibula", "humerus", "humeral", "rib",
+             "骨质", "骨骼", "骨髓", "胫骨", "腓骨", "肱骨", "肋骨"),
+    "shoulder": ("shoulder", "glenoid", "acromion", "肩"),
+    "vessel": ("vessel", "artery", "vein", "blood flow", "血管", "动脉", "静脉", "血流"),
+    "lymph node": ("lymph node", "淋巴结"),
+    "lesion": ("lesion", "mass", "tumour", "tumor", "fibroma", "病灶", "肿块", "肿物", "占位", "肿瘤"),
+    "nodule": ("nodule", "nodular", "opacity", "opacities", "结节", "密度影", "阴影"),
+    "fracture": ("fracture", "骨折"),
+    "fluid": ("fluid", "effusion", "anechoic", "cyst", "积液", "囊肿", "无回声"),
+    "normal": ("normal", "unremarkable", "正常", "未见异常"),
 }
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def _spelling_pattern(spelling: str) -> str:
+    """A Chinese spelling is found anywhere (Chinese has no spaces between words); an English one as a
+    whole word, a trailing plural 's' allowed, also where Chinese text touches it ("胸部ct平扫")."""
+    if _CJK.search(spelling):
+        return re.escape(spelling)
+    return rf"(?<![a-z0-9]){re.escape(spelling)}s?(?![a-z0-9])"
 
 
 def findings_terms(text: str) -> set[str]:
-    """The findings vocabulary entries a text mentions (word boundaries; a trailing plural 's' allowed)."""
+    """The findings vocabulary entries a text mentions, in English or Chinese."""
     lowered = text.lower()
     return {term for term, spellings in FINDINGS_TERMS.items()
-            if any(re.search(rf"\b{re.escape(spelling)}s?\b", lowered) for spelling in spellings)}
+            if any(re.search(_spelling_pattern(spelling), lowered) for spelling in spellings)}
 
 
 def keyword_recall(prediction: str, reference: str) -> float | None:

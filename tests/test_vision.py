@@ -166,6 +166,20 @@ def test_findings_keyword_recall_counts_terms_not_wording():
     assert "ct" not in metrics.findings_terms("the doctor acted")  # whole words only
 
 
+def test_a_chinese_report_is_scored_on_the_same_findings_terms():
+    # a Chinese report as 05 asks for with INSTRUCTION_LANGUAGE = "zh": Latin letters touch Chinese ones
+    reference = "胸部CT平扫（轴位）：双肺多发结节，右侧少量胸腔积液；未见骨折。"
+    named = {"chest", "ct", "axial", "lung", "nodule", "fluid", "fracture"}
+    assert metrics.findings_terms(reference) == named
+    english = "Axial CT of the chest: nodules in both lungs, a small right effusion, a rib fracture."
+    assert metrics.keyword_recall(english, reference) == 1.0  # the same findings, in the other language
+    abdomen = "腹部超声：肝、肾未见异常。"
+    assert metrics.keyword_recall(abdomen, reference) == 0.0
+    assert metrics.findings_terms(abdomen) == {"abdomen", "ultrasound", "liver", "kidney", "normal"}
+    assert metrics.findings_terms("the CTs and MRIs") == {"ct", "mri"}  # plurals, as before
+    assert not metrics.findings_terms("doctor, actual, amrita")  # letters inside a word never count
+
+
 def test_score_captions_averages_over_pairs_and_skips_references_without_terms():
     scores = metrics.score_captions(["axial ct", "hello"], ["axial ct", "nothing to see"])
     assert scores["rouge_l"] == pytest.approx(0.5)
