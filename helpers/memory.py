@@ -118,8 +118,9 @@ def full_finetune_refusal(model_id: str, gpu_gib: float) -> str | None:
     need = full_finetune_peak_gib(model_id)
     if need is None or need <= gpu_gib:
         return None
-    fitting = [name for name in QWEN3_SHAPES if (full_finetune_peak_gib(name) or float("inf")) <= gpu_gib]
-    largest = max(fitting, key=lambda name: full_finetune_peak_gib(name) or 0.0, default=None)
+    peaks = {name: full_finetune_peak_gib(name) for name in QWEN3_SHAPES}  # each counted once
+    fitting = {name: peak for name, peak in peaks.items() if peak is not None and peak <= gpu_gib}
+    largest = max(fitting, key=fitting.get, default=None)
     smaller = f"MODEL = {largest!r} trains in full here, or " if largest else ""
     return (f"Full fine-tuning of {model_id} needs about {need:.0f} GiB, more than this GPU's "
             f"{gpu_gib:.0f} GiB: {smaller}keep this model with FULL_FINETUNE = False (LoRA).")
