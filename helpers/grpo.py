@@ -107,6 +107,34 @@ def _read_adapter_weights(folder: Path) -> dict:
     return torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
 
 
+def keep_reference_adapter(trainer) -> bool:
+    """Give the trainer a frozen copy of the starting adapter, named "ref", where it has none; returns
+    whether it added one.
+
+    GRPO's KL term measures how far the policy moved from the model it started from. For a model that
+    arrives with an adapter (03's SFT adapter), TRL keeps a frozen "ref" copy and scores the reference
+    with it. unsloth's patched trainer leaves that copy out, so its reference is the model with adapters
+    disabled: the base model, and the KL is not ~0 at step 1. Call after ``fp32_adapters_for_fp16``, so
+    the copy has the dtype the policy trains in.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    config = getattr(model, "peft_config", {})
+    if trainer.beta == 0.0 or getattr(trainer, "ref_model", None) is not None or "default" not in config \
+            or "ref" in config:
+        return False
+    model.add_adapter("ref", config["default"])
+    for name, param in model.named_parameters():
+        if ".default." in name:
+            ref = model.get_parameter(name.replace(".default.", ".ref."))
+            ref.data = param.data.clone()  # the dtype and device of the trained one
+            ref.requires_grad_(False)
+    model.set_adapter("default")  # the policy trains "default"; TRL switches to "ref" only to score it
+    for name, param in model.named_parameters():
+        if ".ref." in name:
+            param.requires_grad_(False)  # set_adapter leaves others alone, but be explicit: never trained
+    return True
+
+
 # --- watching training ----------------------------------------------------------------------
 
 def watch_training(trainer, sample_every: int, group_size: int):

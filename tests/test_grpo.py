@@ -202,3 +202,48 @@ def test_a_grpo_run_from_the_sft_adapter_resumes_with_its_trained_adapter(tmp_pa
     training.train(again, knobs=training.GRPO_KNOBS)  # the finished run again: loads, trains nothing
     reloaded = adapter(again.model)
     assert all(torch.equal(trained[n], reloaded[n]) for n in trained)
+
+
+def test_the_kl_reference_is_the_sft_adapter_we_start_from_even_where_the_trainer_dropped_it(tmp_path):
+    """unsloth's trainer leaves out TRL's frozen "ref" copy, so the KL would be measured against the base
+    model; keep_reference_adapter puts the copy back and the KL of step 1 is ~0 again."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.trainer.utils import use_adapter
+
+    model, tokenizer, _ = load_text_model("embedded")
+    sft = add_lora(model, r=4, alpha=8, gradient_checkpointing=False)
+    with torch.no_grad():  # a trained SFT adapter: far enough from the base to show in the KL
+        for name, param in sft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    save_adapter(sft, tokenizer, tmp_path / grpo.SFT_ADAPTER)
+
+    def step_one_kl(keep: bool) -> float:
+        policy, tokenizer, _, _ = grpo.load_policy(CPU, tmp_path, gradient_checkpointing=False)
+        args = GRPOConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
+                          num_generations=2, max_completion_length=8, beta=0.04, bf16=False,
+                          gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+                          report_to="none", use_cpu=True, seed=0)
+        trainer = GRPOTrainer(model=policy, args=args, reward_funcs=[lambda completions, **kw: [
+            float(len(c)) for c in completions]], processing_class=tokenizer,
+            train_dataset=Dataset.from_list([{"prompt": PROMPT}] * 2))
+        assert "ref" in policy.peft_config  # TRL's own copy, on plain transformers
+        assert grpo.keep_reference_adapter(trainer) is False  # nothing to do there
+        policy.delete_adapter("ref")  # what unsloth's trainer does
+        policy.set_adapter("default")
+        if keep:
+            assert grpo.keep_reference_adapter(trainer) is True
+            assert not any(p.requires_grad for n, p in policy.named_parameters() if ".ref." in n)
+            assert any(p.requires_grad for n, p in policy.named_parameters() if ".default." in n)
+            policy.eval()
+            with use_adapter(policy, adapter_name="ref"):
+                reference = _logits(policy, tokenizer)
+            assert torch.allclose(reference, _logits(policy, tokenizer), atol=1e-5)  # the SFT model
+            with policy.disable_adapter():
+                assert not torch.allclose(reference, _logits(policy, tokenizer), atol=1e-3)  # not the base
+        trainer.train()
+        return next(log["kl"] for log in trainer.state.log_history if "kl" in log)
+
+    assert step_one_kl(keep=True) < 1e-6
+    assert step_one_kl(keep=False) > 1e-3  # against the base model: the SFT adapter's distance shows
