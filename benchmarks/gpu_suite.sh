@@ -90,11 +90,11 @@ for part in $PARTS; do
         run grpo "$((b + 30))" "$PY" benchmarks/grpo_step.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --settings t4 --backends "${BACKENDS//transformers,/}" --steps 2 --budget "$b" \
             --report "$OUT" ;;
-    batching)  # the course's backend (unsloth where installed), padding-free against padded
-        b=$(budget 90)
+    batching)  # do packed rows stay apart (each backend); then padding-free against padded, real lengths
+        b=$(budget 300)
         run batching "$((b + 30))" "$PY" benchmarks/sft_step.py --model Qwen/Qwen3-1.7B --random \
-            --tokenizer "$TOK" --settings 80gb --backends "${BACKENDS##*,}" --batching padding-free,padded \
-            --steps 3 --warmup 1 --budget "$b" --report "$OUT" ;;
+            --tokenizer "$TOK" --settings t4 --backends "$BACKENDS" --lengths real --check-packing \
+            --batching padding-free,padded,padded-random --steps 3 --warmup 1 --budget "$b" --report "$OUT" ;;
     *) echo "unknown part: $part"; failed+=("$part (unknown)") ;;
     esac
 done

@@ -39,7 +39,7 @@ def run_notebook(notebook: str, profile: str, folder: str, backend: str) -> dict
     """A couple of steps of ``notebook``'s work in ``profile``'s setting, run by its measuring script."""
     if notebook == "03":
         sft = report.load_script("sft_step")
-        return sft.measure(folder, backend, profile, steps=1, warmup=1, padding_free=None, full_length=True)
+        return sft.measure(folder, backend, profile, steps=1, warmup=1, padding_free=None, lengths="full")
     if notebook == "05":
         from helpers.vision import REAL_MAX_PIXELS
 

@@ -99,21 +99,21 @@ def test_full_length_samples_fill_the_profile_sequence_length():
     examples = datasets.load_sft_examples(limit=3).examples
     rows = [datasets.to_prompt_completion(tokenizer, ex) for ex in examples]
     lengths = [len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])
-               for r in bench.full_length_rows(tokenizer, rows, 512)]
+               for r in bench.stretched_rows(tokenizer, rows, [512] * len(rows))]
     assert all(480 <= n <= 512 for n in lengths)
     assert bench.length_stats([3, 1, 2, 10]) == {"samples": 4, "mean": 4.0, "p50": 3, "p90": 10, "max": 10}
 
 
 def test_batching_ratios_compare_with_padded_transformers_and_the_same_backend_padded():
     bench = load_benchmark("sft_step")
-    common = dict(setting="80gb", full_length=False, seconds_per_step=1.0, padding_share=0.0,
+    common = dict(setting="80gb", lengths="samples", seconds_per_step=1.0, padding_share=0.0,
                   sample_tokens={"mean": 240.0, "p90": 330, "max": 354})
     rows = [dict(common, backend="transformers", padding_free=False, tokens_per_s=1000.0, peak_gb=10.0),
             dict(common, backend="unsloth", padding_free=True, tokens_per_s=3000.0, peak_gb=5.0),
             dict(common, backend="unsloth", padding_free=False, tokens_per_s=2000.0, peak_gb=6.0)]
     table = bench.render({"rows": rows}, None)
     line = next(line for line in table.splitlines() if "| unsloth | padding-free" in line)
-    assert "| 3.00× | 0.50× | 1.50× |" in line and "240 / 330 / 354" in line
+    assert "| 3.00× | 0.50× | 1.50× |" in line and "240 / 330 / 354 | 3,000 |" in line
 
 
 def test_the_generation_clock_counts_nested_generation_calls_once():

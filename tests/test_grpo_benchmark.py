@@ -27,3 +27,17 @@ def test_a_grpo_step_is_measured_on_a_tiny_qwen3(bench, tmp_path):
     assert result["seconds_per_step"] > 0 and result["peak_gb"] is None  # no GPU here
     assert result["load_in_4bit"] is False and result["dtype"] == "float32"  # what a CPU actually loads
     assert result["mean_completion_tokens"] == 4  # random weights never stop early
+
+
+def test_each_generation_path_reaches_the_trainer_and_shows_in_the_table(bench, tmp_path):
+    folder = bench.make_tiny_checkpoint(tmp_path / "tiny", None)
+    shape = bench.setting("t4", generations=2, completion=4)
+    result = bench.measure(str(folder), "transformers", "t4", shape, steps=1, generation_path="dynamic-cache")
+    assert result["generation"] == "dynamic-cache" and result["mean_completion_tokens"] == 4
+    assert result["generation_share"] is not None and 0 < result["generation_share"] < 1
+    cut = {"backend": "unsloth", "setting": "t4", "generation": "continuous", "error": "not run"}
+    table = bench.render({"rows": [{**result, "setting": "t4"}, cut]}, None)
+    assert "| t4 | transformers | dynamic-cache |" in table
+    assert "| t4 | unsloth | continuous | failed" in table
+    with pytest.raises(KeyError):
+        bench.measure(str(folder), "transformers", "t4", shape, steps=1, generation_path="vllm-maybe")

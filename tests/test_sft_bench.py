@@ -64,3 +64,51 @@ def test_the_whole_script_runs_each_measurement_in_its_own_process(tiny_qwen3, t
         ("t4", "transformers"), ("t4", "transformers"), ("80gb-full", "transformers")]
     assert all("error" not in r for r in results)
     assert "tokens/s" in done.stdout and "80gb-full" in done.stdout
+
+
+def test_real_lengths_spread_over_300_to_1000_tokens_and_repeat_with_the_seed():
+    bench = load_benchmark("sft_step")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    rows = bench.sample_rows(tokenizer, "real", seq=2048)
+    lengths = [len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])
+               for r in rows]
+    assert 280 <= min(lengths) and max(lengths) <= 1000
+    assert max(lengths) - min(lengths) > 500  # spread, as real medical-o1 reasoning is
+    assert [r["completion"] for r in bench.sample_rows(tokenizer, "real", seq=2048)[:5]] == \
+        [r["completion"] for r in rows[:5]]
+    assert all(n <= 512 for n in (len(tokenizer(r["prompt"] + r["completion"])["input_ids"])
+                                  for r in bench.sample_rows(tokenizer, "real", seq=512)))
+
+
+def test_the_packing_check_tells_rows_kept_apart_from_rows_that_mix(tiny_qwen3):
+    """Packed with position ids, SDPA on a CPU still lets each row attend to the rows before it: the check
+    must see that (tail shift), and see none where each row is scored in its own sequence."""
+    bench = load_benchmark("sft_step")
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, attn_implementation="sdpa")
+    rows = [[(7 * i + j) % 1000 + 10 for j in range(n)] for i, n in enumerate((40, 90, 60, 120))]
+    result = bench.packed_losses(model, rows)
+    assert result["row_tokens"] == [40, 90, 60, 120]
+    assert result["tail_shift"] > 1e-4 and result["packed_gap"] > 0  # rows 2-4 saw row 1
+    assert result["concatenated_gap"] > 0
+
+    class Separate(torch.nn.Module):
+        """Scores each packed row in its own forward pass: rows kept apart by construction."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, labels, position_ids=None):
+            if position_ids is None:
+                return self.inner(input_ids=input_ids, labels=labels)
+            starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [input_ids.shape[1]]
+            total, count = 0.0, 0
+            for a, b in zip(starts, starts[1:], strict=False):
+                n = int((labels[0, a + 1:b] != -100).sum())
+                total += float(self.inner(input_ids=input_ids[:, a:b], labels=labels[:, a:b]).loss) * n
+                count += n
+            return type("Out", (), {"loss": torch.tensor(total / count)})()
+
+    apart = bench.packed_losses(Separate(model), rows)
+    assert apart["tail_shift"] < 1e-5 and apart["packed_gap"] < 1e-5 < apart["concatenated_gap"]
+    assert apart["alone"] == pytest.approx(result["alone"])
