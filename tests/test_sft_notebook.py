@@ -1,5 +1,7 @@
 """03_sft_llm.ipynb in the cpu profile: the embedded model learns the think format within the run."""
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.notebooks
@@ -19,5 +21,5 @@ def test_sft_leaves_the_adapter_where_04_and_06_look_and_its_checkpoints(cpu_cou
     run = cpu_course.run
     m = cpu_course.metrics("03_sft_llm")
     assert (run / "sft-adapter" / "adapter_config.json").is_file()
-    assert m["adapter"] == str(run / "sft-adapter")
+    assert Path(m["adapter"]).resolve() == (run / "sft-adapter").resolve()  # relative where the run was
     assert list((run / "sft-checkpoints").glob("checkpoint-*"))  # what a rerun resumes from
