@@ -282,8 +282,8 @@ def check_packing(folder: str, backend: str, setting: str, seed: int = 0) -> dic
     rows = stretched_rows(tokenizer, rows[:4], [rng.randint(150, 700) for _ in range(4)])
     ids = [tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"] for r in rows]
     result = packed_losses(model, ids)
-    # Kept apart: replacing row 1 moves the others' loss by less than a thousandth of concatenation's gap,
-    # and packing lands at least ten times nearer the rows alone than concatenation does.
+    # Kept apart: replacing row 1 moves the others' loss by less than 10^-3 nats a token (rounding, not
+    # attention), and packing lands at least ten times nearer the rows alone than concatenation does.
     apart = result["tail_shift"] < 1e-3 and result["packed_gap"] * 10 < max(result["concatenated_gap"], 1e-6)
     return {"backend": loaded_with, "requested": backend, "setting": setting, **plan, **result,
             "rows_kept_apart": apart, "attention": getattr(model.config, "_attn_implementation", None),
