@@ -9,6 +9,14 @@ unsloth's speed and memory as a ratio of the baseline's, measured on the same ma
     python benchmarks/vl_step.py --model Qwen/Qwen3-VL-2B-Instruct --random --tokenizer .bench \\
         --settings t4,80gb --steps 5 --out vl-bench.json
 
+--generate times, instead of training, the captions 05 writes before and after training
+(`vision.generate_captions`, greedy, a batch of the setting's images): one new token (the prefill,
+image encoder included) and --new-tokens tokens, each twice (the first call pays compilation and
+caches, the repeat shows the steady cost), for each way in --ways ("course": as 05 calls it;
+"no-compile": with `disable_compile=True`, which keeps generate from compiling the forward pass).
+
+    python benchmarks/vl_step.py --random --tokenizer .bench --settings t4 --generate --backends unsloth
+
 --random builds a checkpoint with the published Qwen3-VL layer sizes and random weights, and a
 processor built locally (the tokenizer in --tokenizer plus the Qwen-VL vision tokens, which the
 config points at). --tiny measures the cpu profile's tiny model instead: it runs anywhere, a check
@@ -99,14 +107,75 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
     }
 
 
+GENERATE_WAYS = {"course": {}, "no-compile": {"disable_compile": True}}  # --ways → generate's arguments
+
+
+def measure_generation(folder: str, backend: str, setting: str, max_pixels: int, new_tokens: int,
+                       ways: list[str]) -> dict:
+    """Seconds of 05's caption generation for a batch of the setting's images: the prefill (1 new token)
+    and ``new_tokens`` tokens, each called twice, for each way of ``GENERATE_WAYS``."""
+    import torch
+
+    from helpers import datasets
+    from helpers.vision import generate_captions, load_vl_model
+
+    s = SETTINGS[setting]
+    cuda = torch.cuda.is_available()
+    model, processor, loaded_with = load_vl_model(folder, load_in_4bit=s["load_in_4bit"] and cuda,
+                                                  dtype=s["dtype"] if cuda else "float32", backend=backend)
+    pairs = datasets.vl_examples(datasets.read_offline_vl_rows("test"), datasets.VL_OFFLINE,
+                                 max_pixels=max_pixels).examples
+    images = [pair["images"][0] for pair in pairs[:s["batch"]]]
+
+    def seconds(n: int, kwargs: dict) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        # min_new_tokens: every call writes exactly n tokens, whatever the weights
+        generate_captions(model, processor, images, datasets.VL_INSTRUCTION, max_new_tokens=n,
+                          batch_size=len(images), min_new_tokens=n, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - began
+
+    rows = []
+    for way in ways:
+        kwargs = GENERATE_WAYS[way]
+        first_prefill, first = seconds(1, kwargs), seconds(new_tokens, kwargs)
+        prefill, decode = seconds(1, kwargs), seconds(new_tokens, kwargs)
+        rows.append({"way": way, "first_prefill_s": first_prefill, "first_s": first, "prefill_s": prefill,
+                     "tokens_s": decode, "per_token_s": (decode - prefill) / max(new_tokens - 1, 1)})
+    return {"backend": loaded_with, "requested": backend, "setting": setting, "images": len(images),
+            "new_tokens": new_tokens, "ways": rows,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None}
+
+
+def print_generation_table(title: str, results: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"{'setting':<7} {'backend':<13} {'way':<11} {'1st prefill':>11} {'1st N tok':>9} {'prefill':>8} "
+          f"{'N tok':>7} {'s/token':>8}")
+    for r in results:
+        if "error" in r:
+            last = r["error"].strip().splitlines()[-1] if r["error"].strip() else "no output"
+            print(f"{r['setting']:<7} {r['requested']:<13} failed: {last[:120]}")
+            continue
+        for w in r["ways"]:
+            print(f"{r['setting']:<7} {r['backend']:<13} {w['way']:<11} {w['first_prefill_s']:>11.2f} "
+                  f"{w['first_s']:>9.2f} {w['prefill_s']:>8.2f} {w['tokens_s']:>7.2f} "
+                  f"{w['per_token_s']:>8.3f}")
+    print("N tok: the batch writing --new-tokens tokens; s/token: (N tok - prefill) / (N - 1), the repeat")
+
+
 def _image_tokens(batch, processor) -> float:
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     return float((batch["input_ids"] == image_id).sum()) / len(batch["image_grid_thw"])
 
 
-def run_isolated(folder: str, backend: str, setting: str, steps: int, max_pixels: int) -> dict:
+def run_isolated(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
+                 extra: list[str] = ()) -> dict:
     command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", setting,
-               "--steps", str(steps), "--max-pixels", str(max_pixels)]
+               "--steps", str(steps), "--max-pixels", str(max_pixels), *extra]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -170,21 +239,36 @@ def main() -> None:
     parser.add_argument("--backends", default="transformers,unsloth")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--max-pixels", type=int, default=512 * 512, help="pixel budget per image")
+    parser.add_argument("--generate", action="store_true", help="time caption generation, not training")
+    parser.add_argument("--new-tokens", type=int, default=32, help="with --generate: tokens per caption")
+    parser.add_argument("--ways", default="course,no-compile",
+                        help=f"with --generate, any of {','.join(GENERATE_WAYS)}")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
+    ways = args.ways.split(",")
+    if unknown := [w for w in ways if w not in GENERATE_WAYS]:
+        parser.error(f"--ways {','.join(unknown)}: choose among {', '.join(GENERATE_WAYS)}")
     if args.one:
-        print(json.dumps(measure(args.folder, args.one, args.settings, args.steps, args.max_pixels)))
+        if args.generate:
+            print(json.dumps(measure_generation(args.folder, args.one, args.settings, args.max_pixels,
+                                                args.new_tokens, ways)))
+        else:
+            print(json.dumps(measure(args.folder, args.one, args.settings, args.steps, args.max_pixels)))
         return
     began = time.perf_counter()
     folder = build_checkpoint(args)
-    results = [run_isolated(folder, b, s, args.steps, args.max_pixels)
+    extra = ["--generate", "--new-tokens", str(args.new_tokens), "--ways", args.ways] if args.generate else []
+    results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra)
                for s in args.settings.split(",") for b in args.backends.split(",")]
     name = "tiny random Qwen3-VL" if args.tiny else args.model
     if args.random:
         name += " (random weights, real shape)"
-    print_table(f"{name}: vision-language LoRA training, {args.steps} timed steps", results)
+    if args.generate:
+        print_generation_table(f"{name}: captions as 05 writes them, seconds", results)
+    else:
+        print_table(f"{name}: vision-language LoRA training, {args.steps} timed steps", results)
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -381,8 +381,9 @@ class ReportCollator:
 # --- captions -------------------------------------------------------------------------------
 
 def generate_captions(model, processor, images: list, instruction: str, *, max_new_tokens: int = 64,
-                      batch_size: int = 4) -> list[str]:
-    """A report for each image, greedy, ``batch_size`` images at a time."""
+                      batch_size: int = 4, **generate_kwargs) -> list[str]:
+    """A report for each image, greedy, ``batch_size`` images at a time (``generate_kwargs`` go on to
+    ``generate``: benchmarks/vl_step.py --generate compares its settings)."""
     from helpers.generation import generate_batch, generating
 
     tokenizer = processor.tokenizer
@@ -394,8 +395,8 @@ def generate_captions(model, processor, images: list, instruction: str, *, max_n
             batch = images[start:start + batch_size]
             inputs = processor(text=[prompt] * len(batch), images=[[image] for image in batch], padding=True,
                                return_tensors="pt")
-            new_ids = generate_batch(model, tokenizer, inputs, max_new_tokens, do_sample=False,
-                                     eos_token_id=stop)
+            new_ids = generate_batch(model, tokenizer, inputs, max_new_tokens,
+                                     **{"do_sample": False, "eos_token_id": stop, **generate_kwargs})
             captions += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
     return captions
 

@@ -35,3 +35,46 @@ def test_one_measurement_runs_on_the_cpu_with_the_tiny_model():
     assert result["tokens_per_s"] > 0 and result["peak_gb"] is None
     assert math.isfinite(result["first_loss"]) and math.isfinite(result["last_loss"])
     assert 0 < result["trainable"] < result["total"]
+
+
+def test_the_generation_timing_writes_exactly_the_tokens_asked_in_each_way(monkeypatch):
+    bench = load_benchmark("vl_step")
+    folder = str(vision.make_tiny_vl_model())
+    written = []
+    real = vision.generate_captions
+
+    def counting(*args, **kwargs):  # what each timed call asked for and wrote
+        captions = real(*args, **kwargs)
+        written.append((kwargs["max_new_tokens"], kwargs.get("disable_compile", False), len(captions)))
+        return captions
+
+    monkeypatch.setattr(vision, "generate_captions", counting)
+    result = bench.measure_generation(folder, "transformers", "t4", 128 * 128, new_tokens=4,
+                                      ways=["course", "no-compile"])
+    assert result["backend"] == "transformers" and result["images"] == 2 and result["new_tokens"] == 4
+    assert [w["way"] for w in result["ways"]] == ["course", "no-compile"]
+    # per way: prefill, N tokens, prefill again, N tokens again; the second way passes disable_compile
+    assert written == [(1, False, 2), (4, False, 2), (1, False, 2), (4, False, 2),
+                       (1, True, 2), (4, True, 2), (1, True, 2), (4, True, 2)]
+    for way in result["ways"]:
+        assert way["first_prefill_s"] > 0 and way["tokens_s"] > 0 and way["prefill_s"] > 0
+
+
+def test_generate_captions_passes_generate_arguments_on_to_generate(monkeypatch):
+    from helpers import datasets, generation
+
+    model, processor, _ = vision.load_vl_model(str(vision.make_tiny_vl_model()), dtype="float32")
+    pairs = datasets.vl_examples(datasets.read_offline_vl_rows("test"), datasets.VL_OFFLINE,
+                                 max_pixels=128 * 128).examples
+    seen = []
+    real = generation.generate_batch
+
+    def recording(model, tokenizer, inputs, max_new_tokens, **kwargs):
+        seen.append(kwargs)
+        return real(model, tokenizer, inputs, max_new_tokens, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_batch", recording)
+    vision.generate_captions(model, processor, [pairs[0]["images"][0]], "Describe.", max_new_tokens=5,
+                             min_new_tokens=5, disable_compile=True)
+    assert seen and seen[0]["min_new_tokens"] == 5 and seen[0]["disable_compile"] is True
+    assert seen[0]["do_sample"] is False  # the course's greedy default stays
