@@ -269,18 +269,18 @@ def render(result: dict, png: Path | None) -> str:
     """The Markdown table (seconds per step, the share spent generating, peak memory) and the plot."""
     rows, names, generating, training = [], [], [], []
     for r in result["rows"]:
+        path = r.get("generation", "course")  # older JSON has no generation column: the course's way
         if "error" in r:
-            rows.append([r["setting"], r["backend"], r.get("generation", "course"),
-                         f"failed: {report.last_line(r['error'])}"] + [None] * 6)
+            rows.append([r["setting"], r["backend"], path, f"failed: {report.last_line(r['error'])}"]
+                        + [None] * 6)
             continue
         weights = "4-bit" if r["load_in_4bit"] else "16-bit"
         share = r.get("generation_share")
-        rows.append([r["setting"], r["backend"], r.get("generation", "course"),
-                     f"{weights}, {r['dtype']}, LoRA r {r['r']}",
+        rows.append([r["setting"], r["backend"], path, f"{weights}, {r['dtype']}, LoRA r {r['r']}",
                      f"{r['generations']} × {r['completion']}", report.fmt(r["seconds_per_step"], ".2f"),
                      report.fmt(share, ".0%"), report.fmt(r["generated_tokens_per_s"]),
                      report.fmt(r["mean_completion_tokens"], ".0f"), report.fmt(r["peak_gb"], ".1f")])
-        names.append(f"{r['setting']} {r['backend']} {r.get('generation', 'course')}")
+        names.append(f"{r['setting']} {r['backend']} {path}")
         generating.append(r["seconds_per_step"] * share if share is not None else None)
         training.append(r["seconds_per_step"] * (1 - share) if share is not None else r["seconds_per_step"])
     table = report.markdown_table(

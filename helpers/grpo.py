@@ -123,15 +123,12 @@ def keep_reference_adapter(trainer) -> bool:
             or "ref" in config:
         return False
     model.add_adapter("ref", config["default"])
+    model.set_adapter("default")  # the policy trains "default"; TRL switches to "ref" only to score it
     for name, param in model.named_parameters():
         if ".default." in name:
             ref = model.get_parameter(name.replace(".default.", ".ref."))
             ref.data = param.data.clone()  # the dtype and device of the trained one
-            ref.requires_grad_(False)
-    model.set_adapter("default")  # the policy trains "default"; TRL switches to "ref" only to score it
-    for name, param in model.named_parameters():
-        if ".ref." in name:
-            param.requires_grad_(False)  # set_adapter leaves others alone, but be explicit: never trained
+            ref.requires_grad_(False)  # never trained
     return True
 
 
