@@ -7,13 +7,15 @@ a GPU at reduced settings, and projected to a T4 at the t4 profile's full settin
 GPU one from a run in the t4 profile, e.g. ``gpu-notebooks.py run t4``). The projection uses what each
 notebook measured about itself, not its total time, because the GPU run used fewer steps and questions:
 
-- training (03, 05, 06): the warm-up step and the steady step time that ``clock.StepClock`` saved in the
-  notebook's metrics, times the t4 profile's steps; the checks before and after training as measured;
+- training (03, 05, and 06's text and VL parts): the warm-up step and the steady step time that
+  ``clock.StepClock`` saved in the notebook's metrics, times the t4 profile's steps; the checks before and
+  after training as measured;
 - answering (02, 04, and 07's scoring of the GRPO adapter): the seconds per answer of the answering cells,
   times the profile's number of questions;
-- both scaled by ``FACTOR``, the published ratio of an H200 to a T4: dense 16-bit tensor throughput
-  989 / 65 TFLOP/s = 15.2 (training is compute-bound) and memory bandwidth 4.8 / 0.32 TB/s = 15
-  (decoding is bandwidth-bound). Small batches leave an H200 idle more than a T4, so the projection is an
+- both scaled by the ratio of the GPU's published peak figures to a T4's (``PEAKS``, read from the run's
+  ``env.json``): dense 16-bit tensor throughput for SFT steps (compute-bound), memory bandwidth for
+  answering and the checks (decoding is bandwidth-bound), the larger of the two for GRPO steps (mostly
+  generation, partly training). Small batches leave a big GPU idle more than a T4, so the projection is an
   upper estimate;
 - every other cell (loading, saving, plots) as measured, unscaled.
 """
@@ -24,6 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -32,17 +35,49 @@ if str(ROOT) not in sys.path:
 from helpers.metrics import load_redteam  # noqa: E402
 from helpers.profiles import get_profile  # noqa: E402
 
-FACTOR = 15.0
-TRAINING = {  # notebook: (training cell, profile field of its steps, the check cells before and after)
-    "03_sft_llm": ("nb03-81", "sft_steps", ("nb03-51", "nb03-91")),
-    "05_sft_vl": ("nb05-63", "vl_steps", ("nb05-41", "nb05-71")),
-    "06_grpo": ("nb06-27", "grpo_steps", ("nb06-23", "nb06-33")),
+# Published peak figures (datasheets): dense 16-bit tensor TFLOP/s (no sparsity), memory bandwidth TB/s.
+PEAKS = {"T4": (65.0, 0.32), "H100": (989.0, 3.35), "H200": (989.0, 4.8)}
+
+
+class Training(NamedTuple):
+    """One training part of a notebook: its cells, its steps' profile field, where its metrics are."""
+
+    cell: str
+    steps_field: str
+    checks: tuple[str, ...]  # the cells that answer before and after training
+    generates: bool = False  # GRPO: a step is mostly generation
+    metrics_key: str | None = None  # its metrics sit under this key of the notebook's metrics
+
+
+TRAINING = {
+    "03_sft_llm": (Training("nb03-81", "sft_steps", ("nb03-51", "nb03-91")),),
+    "05_sft_vl": (Training("nb05-63", "vl_steps", ("nb05-41", "nb05-71")),),
+    "06_grpo": (Training("nb06-27", "grpo_steps", ("nb06-23", "nb06-33"), generates=True),
+                Training("nb06-vl-11", "grpo_vl_steps", ("nb06-vl-07", "nb06-vl-14"), generates=True,
+                         metrics_key="vl")),
 }
 ANSWERING = {  # notebook: (answering cells, the eval folders whose answers they wrote)
     "02_eval_before": (("nb02-10", "nb02-18", "redteam-code"), ("base",)),
     "04_eval_after": (("nb04-07",), ("sft",)),
     "07_demo": (("nb07-recap-score",), ("grpo",)),
 }
+
+
+def factors(gpu_name: str | None) -> tuple[float, float]:
+    """T4 time / this GPU's time, for compute-bound and for bandwidth-bound work, from ``PEAKS``."""
+    chip = next((chip for chip in PEAKS if chip in (gpu_name or "").upper()), None)
+    if gpu_name is None:
+        raise ValueError("The run recorded no GPU (a cpu run?): give --factor to project it anyway.")
+    if chip is None:
+        raise ValueError(f"No published figures for the GPU {gpu_name!r}: add it to PEAKS, or give --factor.")
+    (tflops, tbs), (t4_tflops, t4_tbs) = PEAKS[chip], PEAKS["T4"]
+    return tflops / t4_tflops, tbs / t4_tbs
+
+
+def run_gpu(run: Path) -> str | None:
+    """The GPU name the run dir's env.json recorded."""
+    env = run / "env.json"
+    return json.loads(env.read_text(encoding="utf-8"))["env"].get("gpu_name") if env.is_file() else None
 
 
 def cell_seconds(executed: Path) -> dict[str, float]:
@@ -58,39 +93,51 @@ def answers_in(run: Path, label: str) -> int:
     return sum(len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.jsonl"))
 
 
-def project(notebook: str, gpu: Path, factor: float = FACTOR, profile: str = "t4") -> dict | None:
-    """The GPU run's minutes and the projected T4 minutes of one notebook, or None if it did not run."""
+def project(notebook: str, gpu: Path, factor: tuple[float, float] | None = None,
+            profile: str = "t4") -> dict | None:
+    """The GPU run's minutes and the projected T4 minutes of one notebook, or None if it did not run.
+
+    ``factor``: (compute, bandwidth) ratios of T4 time to the run's; None reads them from its GPU."""
     executed = gpu / "executed" / f"{notebook}.ipynb"
     if not executed.is_file():
         return None
+    compute, bandwidth = factor or factors(run_gpu(gpu))
     seconds = cell_seconds(executed)
     total = sum(seconds.values())
     settings = get_profile(profile)
     if notebook in TRAINING:
-        cell, steps_field, checks = TRAINING[notebook]
-        metrics = json.loads((gpu / "metrics" / f"{notebook}.json").read_text(encoding="utf-8"))["metrics"]
-        steps = getattr(settings, steps_field)
-        checked = sum(seconds.get(c, 0) for c in checks)
-        work = metrics["warmup_seconds"] + metrics["step_seconds"] * steps + checked
-        measured = seconds.get(cell, 0) + checked
-        how = (f"{metrics['warmup_seconds']:.0f} s warm-up + {metrics['step_seconds']:.2f} s × {steps} steps "
-               "+ checks")
+        measured = projected = 0.0
+        hows = []
+        everything = json.loads((gpu / "metrics" / f"{notebook}.json").read_text(encoding="utf-8"))["metrics"]
+        for part in TRAINING[notebook]:
+            metrics = everything.get(part.metrics_key, {}) if part.metrics_key else everything
+            if part.cell not in seconds or "warmup_seconds" not in metrics:
+                continue  # the part was switched off in this run
+            steps = getattr(settings, part.steps_field)
+            # With one step there is no steady time: the warm-up stands for every step (an upper bound).
+            step = metrics.get("step_seconds") or metrics["warmup_seconds"]
+            checked = sum(seconds.get(c, 0) for c in part.checks)
+            ratio = max(compute, bandwidth) if part.generates else compute
+            projected += ratio * (metrics["warmup_seconds"] + step * steps) + bandwidth * checked
+            measured += seconds[part.cell] + checked
+            hows.append(f"{metrics['warmup_seconds']:.0f} s warm-up + {step:.2f} s × {steps} steps")
+        how = " and ".join(hows) + " + checks"
     elif notebook in ANSWERING:
         cells, labels = ANSWERING[notebook]
         measured = sum(seconds.get(c, 0) for c in cells)
         answered = sum(answers_in(gpu, label) for label in labels)
         wanted = (settings.eval_mcq + settings.eval_open + len(load_redteam()[0])) * len(labels)
-        work = measured / max(answered, 1) * wanted
+        projected = bandwidth * measured / max(answered, 1) * wanted
         how = f"{measured / max(answered, 1):.2f} s per answer × {wanted} answers"
     else:
         return {"gpu": total, "t4": total, "how": "as measured"}
-    return {"gpu": total, "t4": total - measured + factor * work, "how": how}
+    return {"gpu": total, "t4": total - measured + projected, "how": how}
 
 
-def table(cpu: Path | None, gpu: Path, factor: float = FACTOR) -> str:
+def table(cpu: Path | None, gpu: Path, factor: tuple[float, float] | None = None) -> str:
     """The markdown minutes table."""
-    lines = ["| notebook | cpu (measured) | GPU run (H200, reduced settings) | T4, t4 profile (projected) | "
-             "projected from |", "|---|---|---|---|---|"]
+    lines = [f"| notebook | cpu (measured) | GPU run ({run_gpu(gpu) or 'GPU'}, reduced settings) | "
+             "T4, t4 profile (projected) | projected from |", "|---|---|---|---|---|"]
     runs = [run for run in (cpu, gpu) if run is not None]
     names = sorted({p.stem for run in runs for p in (run / "executed").glob("[0-9][0-9]_*.ipynb")})
     for name in names:
@@ -108,10 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=Path, help="a cpu run dir (with executed/)")
     parser.add_argument("--gpu", type=Path, required=True,
                         help="a t4-profile GPU run dir (executed/, metrics/, eval/)")
-    parser.add_argument("--factor", type=float, default=FACTOR, help="T4 time / H200 time (default 15)")
+    parser.add_argument("--factor", type=float,
+                        help="T4 time / GPU time for all work (default: from the GPU's published figures)")
     parser.add_argument("--out", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
-    text = table(args.cpu, args.gpu, args.factor)
+    try:
+        text = table(args.cpu, args.gpu, (args.factor, args.factor) if args.factor else None)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")

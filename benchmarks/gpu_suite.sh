@@ -4,12 +4,13 @@
 #   bash benchmarks/gpu_suite.sh OUT [PART ...]
 #
 # PART: tests (pytest -m gpu), throughput (train_step.py), memory (memory_fit.py), generation
-# (generation.py), grpo (grpo_step.py), batching (sft_step.py padding-free vs padded); part1 is
-# "tests throughput", part2 "memory generation grpo batching" (each fits one 10-minute call on an
-# H100/H200); all (the default) is both. Every part gets its share of what is left of DEADLINE
-# seconds (580 by default) and stops starting measurements when it runs out, so the goals come
-# first: the 1.7B throughput with checkpointing on, and the t4 memory rows. A part that fails does
-# not stop the next. OUT ends with every report (.json, .md, .png), the logs and summary.md.
+# (generation.py), grpo (grpo_step.py, each way of generating in GENERATION), batching (sft_step.py
+# padding-free vs padded), vl (vl_step.py: 05's step, then its captions' prefill and decoding).
+# part1 is "tests throughput", part2 "memory generation grpo batching", part3 "vl" (each fits one
+# 10-minute call on an H100/H200); all (the default) is the three. Every part gets its share of what
+# is left of DEADLINE seconds (580 by default) and stops starting measurements when it runs out, so
+# the goals come first: the 1.7B throughput with checkpointing on, and the t4 memory rows. A part that
+# fails does not stop the next. OUT ends with every report (.json, .md, .png), the logs and summary.md.
 #
 # Environment:
 #   COURSE_TOKENIZER  tokenizer folder for the random checkpoints (default .bench/tokenizer; built
@@ -20,6 +21,7 @@
 #   WEIGHTS, GC       the rest of the throughput grid (default bf16,4bit and on,off; e.g. GC=off later)
 #   NOTEBOOKS         notebooks for memory (default 03,05,06; 02 adds the evaluation batch)
 #   PROFILES          profiles for memory (default t4,24gb)
+#   GENERATION        ways grpo generates (default course,continuous,dynamic-cache; see grpo_step.py)
 #   DEADLINE          seconds for the whole call (default 580)
 #   PYTHON            the interpreter (default python)
 set -uo pipefail
@@ -29,7 +31,8 @@ shift
 PARTS="${*:-all}"
 PARTS=${PARTS//part1/tests throughput}
 PARTS=${PARTS//part2/memory generation grpo batching}
-PARTS=${PARTS//all/tests throughput memory generation grpo batching}
+PARTS=${PARTS//part3/vl}
+PARTS=${PARTS//all/tests throughput memory generation grpo batching vl}
 PY=${PYTHON:-python}
 TOK=${COURSE_TOKENIZER:-.bench/tokenizer}
 BACKENDS=${BACKENDS:-transformers,unsloth}
@@ -86,15 +89,21 @@ for part in $PARTS; do
         run generation "$(budget 80)" "$PY" benchmarks/generation.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --prompts 16 --batch 16 --max-new-tokens 48 --report "$OUT" ;;
     grpo)
-        b=$(budget 200)  # the first step compiles the model
+        b=$(budget 300)  # the first step of each way compiles the model
         run grpo "$((b + 30))" "$PY" benchmarks/grpo_step.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --settings t4 --backends "${BACKENDS//transformers,/}" --steps 2 --budget "$b" \
-            --report "$OUT" ;;
+            --generation "${GENERATION:-course,continuous,dynamic-cache}" --report "$OUT" ;;
     batching)  # do packed rows stay apart (each backend); then padding-free against padded, real lengths
         b=$(budget 300)
         run batching "$((b + 30))" "$PY" benchmarks/sft_step.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --settings t4 --backends "$BACKENDS" --lengths real --check-packing \
             --batching padding-free,padded,padded-random --steps 3 --warmup 1 --budget "$b" --report "$OUT" ;;
+    vl)  # 05 at the t4 settings: the training step, then the captions (first call and repeat)
+        b=$(budget 420)
+        run vl-step "$((b / 2))" "$PY" benchmarks/vl_step.py --random --tokenizer "$TOK" --settings t4 \
+            --backends "$BACKENDS" --steps 4 --out "$OUT/vl_step.json"
+        run vl-generate "$(budget $((b / 2)))" "$PY" benchmarks/vl_step.py --random --tokenizer "$TOK" \
+            --settings t4 --backends "$BACKENDS" --generate --new-tokens 32 --out "$OUT/vl_generate.json" ;;
     *) echo "unknown part: $part"; failed+=("$part (unknown)") ;;
     esac
 done

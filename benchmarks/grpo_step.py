@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -182,22 +181,12 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     }
 
 
-def run_isolated(folder: str, backend: str, name: str, shape: dict, steps: int, timeout: float,
+def run_isolated(budget: report.Budget, folder: str, backend: str, name: str, shape: dict, steps: int,
                  generation_path: str = "course") -> dict:
-    """``measure`` in a fresh Python process; a failure or a timeout is a result, not a crash."""
-    label = {"backend": backend, "setting": name, "generation": generation_path}
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", name,
-                   "--shape", json.dumps(shape), "--steps", str(steps), "--result", str(result),
-                   "--generation", generation_path]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return {**label, "error": f"stopped after {timeout:.0f} s (time budget)"}
-        if done.returncode != 0 or not result.is_file():
-            return {**label, "error": (done.stderr or done.stdout)[-2000:]}
-        return {"setting": name, **json.loads(result.read_text())}
+    """``measure`` in a fresh Python process with what is left of ``budget``."""
+    command = [__file__, "--one", backend, "--folder", folder, "--settings", name,
+               "--shape", json.dumps(shape), "--steps", str(steps), "--generation", generation_path]
+    return {"setting": name, **budget.run(command, backend=backend, setting=name, generation=generation_path)}
 
 
 def main() -> None:
@@ -220,15 +209,14 @@ def main() -> None:
     parser.add_argument("--report", help="write grpo_step.json/.md/.png into this folder")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
         result = measure(args.folder, args.one, args.settings, json.loads(args.shape), args.steps,
                          generation_path=args.generation)
-        Path(args.result).write_text(json.dumps(result))
+        print(json.dumps(result))
         return
-    began = time.perf_counter()
+    budget = report.Budget(args.budget)
     folder, label = args.folder, args.model
     if args.tiny:
         folder = str(make_tiny_checkpoint(Path("/tmp/course-random/tiny-qwen3"), args.tokenizer))
@@ -248,15 +236,12 @@ def main() -> None:
         shape = setting(name, args.generations, args.max_completion)
         for backend in args.backends.split(","):
             for path in paths:
-                left = args.budget - (time.perf_counter() - began)
-                if left < 30:
-                    results.append({"backend": backend, "setting": name, "generation": path,
-                                    "error": report.NOT_RUN})
-                    continue
-                print(f"{name} · {backend} · {path} generation ...", flush=True)
-                results.append(run_isolated(folder, backend, name, shape, args.steps, left, path))
+                if budget.left() >= budget.floor:
+                    print(f"{name} · {backend} · {path} generation ...", flush=True)
+                results.append(run_isolated(budget, folder, backend, name, shape, args.steps, path))
     weights = " (random weights, real shape)" if args.random else ""
-    print(f"\n{label}{weights}: GRPO steps with LoRA, no vLLM, {time.perf_counter() - began:.0f} s in all")
+    spent = time.perf_counter() - budget.began
+    print(f"\n{label}{weights}: GRPO steps with LoRA, no vLLM, {spent:.0f} s in all")
     print(render({"rows": results}, None))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

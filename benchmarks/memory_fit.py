@@ -156,21 +156,20 @@ def main() -> None:
         print(json.dumps(measure_capped(**json.loads(args.one))))
         return
     caps = CAPS_GIB | {k: float(v) for k, v in (item.split("=") for item in args.caps.split(",") if item)}
-    began = time.perf_counter()
+    budget = report.Budget(args.budget, floor=60)
     rows = []
     # Every notebook at t4 first: the goal is that each t4 setting fits, and the budget may run out.
     for profile in args.profiles.split(","):
         for notebook in args.notebooks.split(","):
             cap = caps[profile]
             tag = {"notebook": notebook, "profile": profile, "cap_gib": cap, "requested": args.backend}
-            if args.budget - (time.perf_counter() - began) < 60:
+            if budget.left() < budget.floor:  # before building the checkpoint, which takes time too
                 rows.append({**tag, "error": report.NOT_RUN})
                 continue
             folder = checkpoint(notebook, profile, args.tokenizer)
             print(f"{notebook} ({NOTEBOOKS[notebook]}) · {profile} under {cap:g} GiB ...", flush=True)
             spec = dict(notebook=notebook, profile=profile, folder=folder, backend=args.backend, cap_gib=cap)
-            row = report.run_isolated([__file__, "--one", json.dumps(spec)],
-                                      args.budget - (time.perf_counter() - began), **tag)
+            row = budget.run([__file__, "--one", json.dumps(spec)], **tag)
             rows.append(row)
             print("  " + (report.last_line(row["error"]) if "error" in row else
                           f"fits: {row['fits']}, peak {row['peak_gib']:.1f} GiB"), flush=True)
@@ -179,7 +178,7 @@ def main() -> None:
         print(path.with_suffix(".md").read_text())
     else:
         print(render({"rows": rows}, None))
-    print(f"{time.perf_counter() - began:.0f} s in all")
+    print(f"{time.perf_counter() - budget.began:.0f} s in all")
 
 
 if __name__ == "__main__":

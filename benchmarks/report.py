@@ -30,6 +30,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,22 @@ def run_isolated(command: list[str], timeout: float, **label) -> dict:
     if done.returncode != 0 or not lines:
         return {**label, "error": (done.stderr or done.stdout)[-3000:] or f"exit code {done.returncode}"}
     return json.loads(lines[-1])
+
+
+class Budget:
+    """A run's seconds: each measurement gets what is left, and none starts with less than ``floor`` left
+    (it becomes a row "not run (time budget)", so the report says what is missing)."""
+
+    def __init__(self, seconds: float, floor: float = 30):
+        self.seconds, self.floor, self.began = seconds, floor, time.perf_counter()
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.began)
+
+    def run(self, command: list[str], **label) -> dict:
+        """``run_isolated`` with the seconds left, or the row of a measurement the budget left out."""
+        left = self.left()
+        return {**label, "error": NOT_RUN} if left < self.floor else run_isolated(command, left, **label)
 
 
 def last_line(error: str) -> str:

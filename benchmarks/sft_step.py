@@ -305,14 +305,15 @@ def render_packing(rows: list[dict]) -> str:
                                   "rows kept apart"], table)
 
 
-def run_isolated(folder: str, backend: str, setting: str, steps: int, warmup: int, timeout: float,
+def run_isolated(budget: report.Budget, folder: str, backend: str, setting: str, steps: int, warmup: int,
                  padding_free: bool | str | None = None, lengths: str = "samples") -> dict:
+    """``measure`` in a fresh process with what is left of ``budget``."""
     command = [__file__, "--one", backend, "--folder", folder, "--settings", setting,
                "--steps", str(steps), "--warmup", str(warmup), "--lengths", lengths]
     if padding_free is not None:
         command += ["--padding-free", str(padding_free).lower()]
-    return report.run_isolated(command, timeout, backend=backend, requested=backend, setting=setting,
-                               padding_free=padding_free, lengths=lengths)
+    return budget.run(command, backend=backend, requested=backend, setting=setting,
+                      padding_free=padding_free, lengths=lengths)
 
 
 def _lengths(row: dict) -> str:
@@ -400,7 +401,7 @@ def main() -> None:
     if args.packing_one:
         print(json.dumps(check_packing(args.folder, args.packing_one, args.settings)))
         return
-    started = time.perf_counter()
+    budget = report.Budget(args.budget)
     folder = args.folder
     if args.random:
         from helpers.architectures import make_random_checkpoint
@@ -420,17 +421,12 @@ def main() -> None:
             if not (s.endswith("-full") and b != "transformers")]  # 03 fine-tunes in full with transformers
     results = []
     for setting, backend, padding_free in runs:
-        left = args.budget - (time.perf_counter() - started)
-        if left < 30:
-            results.append({"backend": backend, "setting": setting, "padding_free": padding_free,
-                            "error": report.NOT_RUN})
-            continue
-        print(f"{setting} · {backend} · {padding_free=} ...", flush=True)
-        result = run_isolated(folder, backend, setting, args.steps, args.warmup, left, padding_free,
-                              args.lengths)
-        results.append(result)
+        if budget.left() >= budget.floor:
+            print(f"{setting} · {backend} · {padding_free=} ...", flush=True)
+        results.append(run_isolated(budget, folder, backend, setting, args.steps, args.warmup, padding_free,
+                                    args.lengths))
     print(f"\n{args.model}{' (random weights, real shape)' if args.random else ''}: SFT as in 03, "
-          f"{args.steps} timed steps after {args.warmup}, {time.perf_counter() - started:.0f} s in all")
+          f"{args.steps} timed steps after {args.warmup}, {time.perf_counter() - budget.began:.0f} s in all")
     print(render({"rows": results}, None))
     if packing:
         print("\n" + render_packing(packing))

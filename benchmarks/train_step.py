@@ -207,15 +207,14 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(**json.loads(args.one))))
         return
-    began = time.perf_counter()
+    budget = report.Budget(args.budget, floor=45)
     gcs = [{"on": True, "off": False}[g] for g in args.gc.split(",")]
     shapes = ["tiny"] if args.tiny else args.shapes.split(",")
     rows: list[dict] = []
     folders: dict[str, str] = {}
     for item in plan(shapes, args.weights.split(","), gcs, args.backends.split(",")):
         tag = {**item, "requested": item["backend"], "seq": args.seq, "batch": args.batch, "r": args.r}
-        left = args.budget - (time.perf_counter() - began)
-        if left < 45:
+        if budget.left() < budget.floor:
             rows.append({**tag, "error": report.NOT_RUN})
             continue
         if item["shape"] not in folders:
@@ -223,8 +222,7 @@ def main() -> None:
         print(f"{label(item)} · {item['backend']} ...", flush=True)
         spec = dict(folder=folders[item["shape"]], backend=item["backend"], weights=item["weights"],
                     gc=item["gc"], seq=args.seq, batch=args.batch, r=args.r, steps=args.steps)
-        result = report.run_isolated([__file__, "--one", json.dumps(spec)],
-                                     args.budget - (time.perf_counter() - began), **tag)
+        result = budget.run([__file__, "--one", json.dumps(spec)], **tag)
         rows.append(with_mfu({**tag, **result}, args.peak_tflops))
         peak = report.fmt(result.get("peak_gib"), ".1f", " GiB") or "–"
         shown = report.last_line(result["error"]) if "error" in result else \
@@ -236,7 +234,7 @@ def main() -> None:
         path = report.write_report(args.report, "train_step", rows, flops=report.FLOPS_FORMULA,
                                    flops_lora=report.FLOPS_FORMULA_LORA)
         print(path.with_suffix(".md").read_text())
-    print(f"{time.perf_counter() - began:.0f} s in all")
+    print(f"{time.perf_counter() - budget.began:.0f} s in all")
 
 
 if __name__ == "__main__":

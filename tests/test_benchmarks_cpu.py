@@ -198,7 +198,30 @@ def test_the_class_minutes_projection_gives_back_a_cpu_run_at_its_own_settings(c
     minutes = load_benchmark("class_minutes")
     run = cpu_course.run
     for notebook in ("02_eval_before", "03_sft_llm", "04_eval_after", "05_sft_vl", "06_grpo"):
-        row = minutes.project(notebook, run, factor=1.0, profile="cpu")
+        row = minutes.project(notebook, run, factor=(1.0, 1.0), profile="cpu")
         assert row["t4"] == pytest.approx(row["gpu"], rel=0.2), (notebook, row)
-    table = minutes.table(run, run)
+        if notebook == "06_grpo":  # the text and the VL GRPO, each with its own steps
+            assert row["how"].count("s warm-up +") == 2, row
+    table = minutes.table(run, run, factor=(1.0, 1.0))
     assert table.count("\n| 0") == 8 and "s warm-up +" in table and "s per answer ×" in table
+
+
+def test_the_t4_ratios_come_from_the_gpu_the_run_recorded():
+    minutes = load_benchmark("class_minutes")
+    compute, bandwidth = minutes.factors("NVIDIA H100 80GB HBM3")
+    assert compute == pytest.approx(989 / 65) and bandwidth == pytest.approx(3.35 / 0.32)
+    assert minutes.factors("NVIDIA H200")[1] == pytest.approx(15.0)
+    with pytest.raises(ValueError, match="No published figures for the GPU 'NVIDIA A10G'"):
+        minutes.factors("NVIDIA A10G")
+    with pytest.raises(ValueError, match="recorded no GPU"):
+        minutes.factors(None)
+
+
+def test_a_budget_runs_what_fits_and_writes_a_row_for_what_it_left_out(report):
+    spent = report.Budget(0)
+    assert spent.run(["-c", "raise SystemExit('must not run')"], setting="t4") == {
+        "setting": "t4", "error": report.NOT_RUN}
+    budget = report.Budget(60, floor=5)
+    assert budget.run(["-c", "print({'loss': 1.0}); print('{\"tokens_per_s\": 12.5}')"], setting="t4") == {
+        "tokens_per_s": 12.5}
+    assert 0 < budget.left() < 60

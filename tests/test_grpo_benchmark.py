@@ -1,9 +1,16 @@
 """The GRPO benchmark script's CPU path: the same code the GPU run takes, minus CUDA and unsloth."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from conftest import load_benchmark
 
 from helpers.profiles import PROFILES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +48,25 @@ def test_each_generation_path_reaches_the_trainer_and_shows_in_the_table(bench, 
     assert "| t4 | unsloth | continuous | failed" in table
     with pytest.raises(KeyError):
         bench.measure(str(folder), "transformers", "t4", shape, steps=1, generation_path="vllm-maybe")
+
+
+def test_the_whole_script_measures_in_a_fresh_process_and_reports_what_its_budget_left_out(tmp_path):
+    """The trainer logs dicts to stdout too: the measurement's own JSON, printed last, is what comes back."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "grpo_step.py"), "--tiny",
+              "--backends", "transformers", "--settings", "t4", "--generations", "2", "--max-completion", "4",
+              "--steps", "1"]
+    out = tmp_path / "grpo.json"
+    done = subprocess.run([*script, "--generation", "dynamic-cache", "--budget", "900", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1000)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = json.loads(out.read_text())
+    assert "error" not in row, row["error"][-500:]
+    assert row["setting"] == "t4" and row["generation"] == "dynamic-cache" and row["seconds_per_step"] > 0
+
+    done = subprocess.run([*script, "--generation", "course,continuous", "--budget", "5", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["generation"], r["error"]) for r in rows] == [("course", "not run (time budget)"),
+                                                             ("continuous", "not run (time budget)")]
+    assert "| t4 | transformers | continuous | failed: not run (time budget)" in done.stdout
