@@ -65,9 +65,9 @@ ANSWERING = {  # notebook: (answering cells, the eval folders whose answers they
 
 def factors(gpu_name: str | None) -> tuple[float, float]:
     """T4 time / this GPU's time, for compute-bound and for bandwidth-bound work, from ``PEAKS``."""
-    chip = next((chip for chip in PEAKS if chip in (gpu_name or "").upper()), None)
     if gpu_name is None:
         raise ValueError("The run recorded no GPU (a cpu run?): give --factor to project it anyway.")
+    chip = next((chip for chip in PEAKS if chip in gpu_name.upper()), None)
     if chip is None:
         raise ValueError(f"No published figures for the GPU {gpu_name!r}: add it to PEAKS, or give --factor.")
     (tflops, tbs), (t4_tflops, t4_tbs) = PEAKS[chip], PEAKS["T4"]

@@ -240,7 +240,7 @@ def main() -> None:
                     print(f"{name} · {backend} · {path} generation ...", flush=True)
                 results.append(run_isolated(budget, folder, backend, name, shape, args.steps, path))
     weights = " (random weights, real shape)" if args.random else ""
-    spent = time.perf_counter() - budget.began
+    spent = budget.spent()
     print(f"\n{label}{weights}: GRPO steps with LoRA, no vLLM, {spent:.0f} s in all")
     print(render({"rows": results}, None))
     if args.out:

@@ -178,7 +178,7 @@ def main() -> None:
         print(path.with_suffix(".md").read_text())
     else:
         print(render({"rows": rows}, None))
-    print(f"{time.perf_counter() - budget.began:.0f} s in all")
+    print(f"{budget.spent():.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -120,8 +120,11 @@ class Budget:
     def __init__(self, seconds: float, floor: float = 30):
         self.seconds, self.floor, self.began = seconds, floor, time.perf_counter()
 
+    def spent(self) -> float:
+        return time.perf_counter() - self.began
+
     def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.began)
+        return self.seconds - self.spent()
 
     def run(self, command: list[str], **label) -> dict:
         """``run_isolated`` with the seconds left, or the row of a measurement the budget left out."""

@@ -426,7 +426,7 @@ def main() -> None:
         results.append(run_isolated(budget, folder, backend, setting, args.steps, args.warmup, padding_free,
                                     args.lengths))
     print(f"\n{args.model}{' (random weights, real shape)' if args.random else ''}: SFT as in 03, "
-          f"{args.steps} timed steps after {args.warmup}, {time.perf_counter() - budget.began:.0f} s in all")
+          f"{args.steps} timed steps after {args.warmup}, {budget.spent():.0f} s in all")
     print(render({"rows": results}, None))
     if packing:
         print("\n" + render_packing(packing))

@@ -234,7 +234,7 @@ def main() -> None:
         path = report.write_report(args.report, "train_step", rows, flops=report.FLOPS_FORMULA,
                                    flops_lora=report.FLOPS_FORMULA_LORA)
         print(path.with_suffix(".md").read_text())
-    print(f"{time.perf_counter() - budget.began:.0f} s in all")
+    print(f"{budget.spent():.0f} s in all")
 
 
 if __name__ == "__main__":
