@@ -9,6 +9,14 @@ unsloth's speed and memory as a ratio of the baseline's, measured on the same ma
     python benchmarks/vl_step.py --model Qwen/Qwen3-VL-2B-Instruct --random --tokenizer .bench \\
         --settings t4,80gb --steps 5 --out vl-bench.json
 
+A step's time is split into forward, backward and optimizer, with the vision encoder's share of the
+forward and the collator's CPU time a batch beside it. --ways compares, each in its own process, how a
+step keeps what the backward pass needs and whether unsloth compiles (TRAIN_WAYS: "course" as 05,
+"checkpoints-on-gpu", "no-checkpointing", "no-compile"), with peak memory against the t4 cap.
+
+    python benchmarks/vl_step.py --random --settings t4 --backends unsloth \
+        --ways course,checkpoints-on-gpu,no-checkpointing,no-compile --steps 4
+
 --generate times, instead of training, the captions 05 writes before and after training
 (`vision.generate_captions`, greedy, a batch of the setting's images): one new token (the prefill,
 image encoder included) and --new-tokens tokens, each twice (the first call pays compilation and
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,69 +51,125 @@ SETTINGS = {
 }
 
 
-def training_batches(processor, batch: int, max_pixels: int, n: int = 4) -> list[dict]:
-    """``n`` batches of ``batch`` image + report pairs from data/vl (cycled), ready for the model."""
+def training_batches(processor, batch: int, max_pixels: int, n: int = 4) -> tuple[list[dict], float]:
+    """``n`` batches of ``batch`` image + report pairs from data/vl (cycled), ready for the model, and the
+    seconds the collator took a batch (tokenizing and resizing on the CPU, as the trainer's loader does)."""
     from helpers import datasets
     from helpers.vision import ReportCollator
 
     pairs = datasets.vl_examples(datasets.read_offline_vl_rows("train"), datasets.VL_OFFLINE,
                                  max_pixels=max_pixels).examples
     collator = ReportCollator(processor)
-    return [collator([pairs[(k * batch + i) % len(pairs)] for i in range(batch)]) for k in range(n)]
+    began = time.perf_counter()
+    batches = [collator([pairs[(k * batch + i) % len(pairs)] for i in range(batch)]) for k in range(n)]
+    return batches, (time.perf_counter() - began) / n
 
 
-def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int) -> dict:
-    """One backend, one setting: tokens/s over ``steps`` steps after two warm-up steps."""
+# --ways for training (unsloth): how activations are kept for the backward pass, and compilation.
+# (gradient_checkpointing as add_vl_lora takes it, environment of the measuring process)
+TRAIN_WAYS = {
+    "course": (True, {}),  # as 05: unsloth's checkpointing, the saved activations wait in CPU memory
+    "checkpoints-on-gpu": ("gpu", {}),  # checkpointing with the saved activations left on the GPU
+    "no-checkpointing": (False, {}),  # every activation kept: fastest, most memory
+    "no-compile": (True, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # as 05, without unsloth's compiled modules
+}
+
+
+def _vision_tower(model):
+    """The vision encoder module (Qwen-VL's ``visual``), wherever peft and unsloth put it."""
+    return next(module for name, module in model.named_modules() if name.endswith("visual"))
+
+
+def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
+            way: str = "course") -> dict:
+    """One backend, one setting, one way: tokens/s over ``steps`` steps after two warm-up steps, and where
+    a step's time goes (forward, backward, optimizer; the vision encoder's share of the forward)."""
     import torch
 
     from helpers.models import count_parameters
     from helpers.vision import add_vl_lora, load_vl_model
 
     s = SETTINGS[setting]
+    checkpointing, _ = TRAIN_WAYS[way]
     cuda = torch.cuda.is_available()
     began = time.perf_counter()
     dtype = s["dtype"] if cuda else "float32"  # the CPU check runs in 32-bit
     model, processor, loaded_with = load_vl_model(folder, load_in_4bit=s["load_in_4bit"], dtype=dtype,
                                                   backend=backend)
-    model = add_vl_lora(model, r=s["r"], alpha=s["r"], backend=loaded_with, gradient_checkpointing=True)
+    model = add_vl_lora(model, r=s["r"], alpha=s["r"], backend=loaded_with,
+                        gradient_checkpointing=checkpointing)
     load_seconds = time.perf_counter() - began
     trainable, total = count_parameters(model)
     device = next(p for p in model.parameters() if p.requires_grad).device
-    batches = [b.to(device) for b in training_batches(processor, s["batch"], max_pixels)]
+    cpu_batches, collate_seconds = training_batches(processor, s["batch"], max_pixels)
+    batches = [b.to(device) for b in cpu_batches]
     tokens = [int(b["attention_mask"].sum()) for b in batches]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     losses: list[float] = []
+    parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    step_seconds: list[float] = []
 
-    def step(k: int) -> None:
+    def mark() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def step(k: int, timed: bool) -> None:
+        t0 = mark()
         loss = model(**batches[k % len(batches)]).loss
+        t1 = mark()
         loss.backward()
+        t2 = mark()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        t3 = mark()
         losses.append(loss.item())
+        if timed:
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                parts[name] += seconds
+            step_seconds.append(t3 - t0)
 
     for k in range(2):
-        step(k)
+        step(k, timed=False)
     if cuda:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    began = time.perf_counter()
     for k in range(steps):
-        step(k)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - began
+        step(k, timed=True)
+    seconds = sum(step_seconds)
+    peak = torch.cuda.max_memory_allocated() / 1024**3 if cuda else None
     return {
-        "backend": loaded_with, "requested": backend, "setting": setting, **s, "steps": steps,
+        "backend": loaded_with, "requested": backend, "setting": setting, "way": way, **s, "steps": steps,
         "max_pixels": max_pixels, "image_tokens_per_image": _image_tokens(batches[0], processor),
         "tokens_per_step": sum(tokens[k % len(tokens)] for k in range(steps)) / steps,
         "tokens_per_s": sum(tokens[k % len(tokens)] for k in range(steps)) / seconds,
-        "seconds_per_step": seconds / steps,
-        "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
+        "seconds_per_step": seconds / steps, "step_seconds": step_seconds,
+        **{f"{name}_share": part / seconds for name, part in parts.items()},
+        "vision_forward_seconds": _vision_forward_seconds(model, batches, mark),
+        "collate_seconds": collate_seconds,
+        "peak_gb": peak,
         "load_seconds": load_seconds, "trainable": trainable, "total": total,
         "first_loss": losses[0], "last_loss": losses[-1],
         "gpu": torch.cuda.get_device_name(0) if cuda else "cpu",
     }
+
+
+def _vision_forward_seconds(model, batches: list[dict], mark) -> float | None:
+    """Seconds of the vision encoder alone on a batch's images, without gradients (mean of three calls
+    after one); None where the model keeps its encoder elsewhere."""
+    import torch
+
+    try:
+        tower = _vision_tower(model)
+    except StopIteration:
+        return None
+    batch = batches[0]
+    with torch.no_grad():
+        tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        began = mark()
+        for _ in range(3):
+            tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        return (mark() - began) / 3
 
 
 GENERATE_WAYS = {"course": {}, "no-compile": {"disable_compile": True}}  # --ways → generate's arguments
@@ -173,13 +238,18 @@ def _image_tokens(batch, processor) -> float:
 
 
 def run_isolated(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
-                 extra: list[str] = ()) -> dict:
+                 extra: list[str] = (), way: str | None = None) -> dict:
+    """One measurement in a fresh process (a training ``way`` with its own environment)."""
     command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", setting,
                "--steps", str(steps), "--max-pixels", str(max_pixels), *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if way is not None:
+        command += ["--ways", way]
+        env.update(TRAIN_WAYS[way][1])
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        return {"backend": backend, "requested": backend, "setting": setting,
+        return {"backend": backend, "requested": backend, "setting": setting, "way": way,
                 "error": (done.stderr or done.stdout)[-3000:]}
     return json.loads(lines[-1])
 
@@ -207,24 +277,31 @@ def build_checkpoint(args) -> str:
 
 def print_table(title: str, results: list[dict]) -> None:
     print(f"\n{title}")
-    print(f"{'setting':<7} {'backend':<13} {'tokens/s':>9} {'s/step':>7} {'peak GB':>8} {'tok/step':>8}  "
-          "vs transformers")
+    print(f"{'setting':<7} {'backend':<13} {'way':<18} {'tokens/s':>9} {'s/step':>7} {'fwd':>4} {'bwd':>4} "
+          f"{'opt':>4} {'vision':>6} {'collate':>7} {'peak GB':>8} {'tok/step':>8}  vs transformers")
     for r in results:
         if "error" in r:
             last = r["error"].strip().splitlines()[-1] if r["error"].strip() else "no output"
-            print(f"{r['setting']:<7} {r['requested']:<13} failed: {last[:120]}")
+            print(f"{r['setting']:<7} {r['requested']:<13} {r.get('way') or '':<18} failed: {last[:120]}")
             continue
         backend = r["backend"] if r["backend"] == r["requested"] else f"{r['requested']}→{r['backend']}"
         base = next((b for b in results if b.get("setting") == r["setting"] and "error" not in b
-                     and b.get("backend") == "transformers" and b.get("requested") == "transformers"), None)
+                     and b.get("backend") == "transformers" and b.get("requested") == "transformers"
+                     and b.get("way") == r["way"]), None)
         ratio = ""
         if base and base is not r:
             ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x speed"
             if r["peak_gb"] and base["peak_gb"]:
                 ratio += f", {r['peak_gb'] / base['peak_gb']:.2f}x memory"
         peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
-        print(f"{r['setting']:<7} {backend:<13} {r['tokens_per_s']:>9.0f} {r['seconds_per_step']:>7.2f} "
-              f"{peak:>8} {r['tokens_per_step']:>8.0f}  {ratio}")
+        forward = r["seconds_per_step"] * r["forward_share"]
+        vision = f"{r['vision_forward_seconds'] / forward:.0%}" if r["vision_forward_seconds"] else "-"
+        print(f"{r['setting']:<7} {backend:<13} {r['way']:<18} {r['tokens_per_s']:>9.0f} "
+              f"{r['seconds_per_step']:>7.2f} {r['forward_share']:>4.0%} {r['backward_share']:>4.0%} "
+              f"{r['optimizer_share']:>4.0%} {vision:>6} {r['collate_seconds']:>7.3f} {peak:>8} "
+              f"{r['tokens_per_step']:>8.0f}  {ratio}")
+    print("fwd/bwd/opt: shares of a step; vision: the vision encoder alone (no gradients) over the forward; "
+          "collate: CPU seconds a batch")
 
 
 def main() -> None:
@@ -241,27 +318,34 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=512 * 512, help="pixel budget per image")
     parser.add_argument("--generate", action="store_true", help="time caption generation, not training")
     parser.add_argument("--new-tokens", type=int, default=32, help="with --generate: tokens per caption")
-    parser.add_argument("--ways", default="course,no-compile",
-                        help=f"with --generate, any of {','.join(GENERATE_WAYS)}")
+    parser.add_argument("--ways", default=None,
+                        help=f"training: any of {','.join(TRAIN_WAYS)} (default course); with --generate, "
+                             f"any of {','.join(GENERATE_WAYS)} (default course,no-compile)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
-    ways = args.ways.split(",")
-    if unknown := [w for w in ways if w not in GENERATE_WAYS]:
-        parser.error(f"--ways {','.join(unknown)}: choose among {', '.join(GENERATE_WAYS)}")
+    known = GENERATE_WAYS if args.generate else TRAIN_WAYS
+    ways = (args.ways or ("course,no-compile" if args.generate else "course")).split(",")
+    if unknown := [w for w in ways if w not in known]:
+        parser.error(f"--ways {','.join(unknown)}: choose among {', '.join(known)}")
     if args.one:
         if args.generate:
             print(json.dumps(measure_generation(args.folder, args.one, args.settings, args.max_pixels,
                                                 args.new_tokens, ways)))
         else:
-            print(json.dumps(measure(args.folder, args.one, args.settings, args.steps, args.max_pixels)))
+            print(json.dumps(measure(args.folder, args.one, args.settings, args.steps, args.max_pixels,
+                                     ways[0])))
         return
     began = time.perf_counter()
     folder = build_checkpoint(args)
-    extra = ["--generate", "--new-tokens", str(args.new_tokens), "--ways", args.ways] if args.generate else []
-    results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra)
-               for s in args.settings.split(",") for b in args.backends.split(",")]
+    if args.generate:
+        extra = ["--generate", "--new-tokens", str(args.new_tokens), "--ways", ",".join(ways)]
+        results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra)
+                   for s in args.settings.split(",") for b in args.backends.split(",")]
+    else:  # each training way in its own process: unsloth reads its environment on import
+        results = [run_isolated(folder, b, s, args.steps, args.max_pixels, way=w)
+                   for s in args.settings.split(",") for b in args.backends.split(",") for w in ways]
     name = "tiny random Qwen3-VL" if args.tiny else args.model
     if args.random:
         name += " (random weights, real shape)"

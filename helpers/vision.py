@@ -306,11 +306,13 @@ def lora_target_pattern(vision_layers: bool, language_layers: bool, attention: b
 
 def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = True,
                 language_layers: bool = True, attention: bool = True, mlp: bool = True,
-                dropout: float = 0.0, backend: str = "transformers", gradient_checkpointing: bool = True,
-                seed: int = 3407):
+                dropout: float = 0.0, backend: str = "transformers",
+                gradient_checkpointing: bool | str = True, seed: int = 3407):
     """The model with LoRA adapters of rank ``r`` on the chosen parts; only those train.
 
-    ``backend`` is the one that loaded the model (``Loaded.backend``): unsloth makes its own adapters."""
+    ``backend`` is the one that loaded the model (``Loaded.backend``): unsloth makes its own adapters.
+    ``gradient_checkpointing`` True on unsloth is its "unsloth" mode (the activations kept for the backward
+    pass wait in CPU memory); "gpu" keeps them on the GPU (its plain mode); elsewhere any true value is on."""
     if backend == "unsloth":
         from unsloth import FastVisionModel
 
@@ -318,13 +320,13 @@ def add_vl_lora(model, r: int = 16, alpha: int = 16, *, vision_layers: bool = Tr
             model, finetune_vision_layers=vision_layers, finetune_language_layers=language_layers,
             finetune_attention_modules=attention, finetune_mlp_modules=mlp, r=r, lora_alpha=alpha,
             lora_dropout=dropout, bias="none", random_state=seed,
-            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+            use_gradient_checkpointing={True: "unsloth", "gpu": True, False: False}[gradient_checkpointing],
         )
         FastVisionModel.for_training(peft_model)
         return peft_model
     from peft import LoraConfig, get_peft_model
 
-    model = prepare_for_lora(model, gradient_checkpointing)
+    model = prepare_for_lora(model, bool(gradient_checkpointing))
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                         target_modules=lora_target_pattern(vision_layers, language_layers, attention, mlp))
     return get_peft_model(model, config)

@@ -24,6 +24,17 @@ def test_a_setting_is_the_profile_grpo_shape(bench):
     assert t4["completion"] == PROFILES["t4"].grpo_max_completion_length
     assert t4["load_in_4bit"] and t4["dtype"] == "float16" and t4["seq"] > t4["completion"]
     assert bench.setting("80gb", generations=2, completion=16)["generations"] == 2
+    assert t4["prompts"] == 1 and bench.setting("t4", prompts=4)["prompts"] == 4
+
+
+def test_several_questions_a_step_train_on_all_their_answers(bench, tmp_path):
+    folder = bench.make_tiny_checkpoint(tmp_path / "tiny", None)
+    shape = bench.setting("t4", generations=2, completion=4, prompts=2)
+    result = bench.measure(str(folder), "transformers", "t4", shape, steps=1)
+    assert result["prompts"] == 2
+    assert result["seconds_per_answer"] == pytest.approx(result["seconds_per_step"] / 4)
+    table = bench.render({"rows": [{**result, "setting": "t4"}]}, None)
+    assert "| 2 × 2 × 4 |" in table
 
 
 def test_a_grpo_step_is_measured_on_a_tiny_qwen3(bench, tmp_path):

@@ -78,3 +78,18 @@ def test_generate_captions_passes_generate_arguments_on_to_generate(monkeypatch)
                              min_new_tokens=5, disable_compile=True)
     assert seen and seen[0]["min_new_tokens"] == 5 and seen[0]["disable_compile"] is True
     assert seen[0]["do_sample"] is False  # the course's greedy default stays
+
+
+def test_a_step_is_split_into_its_parts_and_each_training_way_is_known():
+    bench = load_benchmark("vl_step")
+    folder = str(vision.make_tiny_vl_model())
+    result = bench.measure(folder, "transformers", "t4", steps=2, max_pixels=128 * 128,
+                           way="no-checkpointing")
+    assert result["way"] == "no-checkpointing" and len(result["step_seconds"]) == 2
+    shares = result["forward_share"] + result["backward_share"] + result["optimizer_share"]
+    assert shares == pytest.approx(1.0, abs=1e-6) and min(result["forward_share"], result["backward_share"]) > 0
+    # the encoder alone, without gradients, takes part of one forward pass
+    assert 0 < result["vision_forward_seconds"] < result["seconds_per_step"] * result["forward_share"]
+    assert result["collate_seconds"] > 0
+    assert set(bench.TRAIN_WAYS) >= {"course", "no-checkpointing", "no-compile"}
+    assert bench.TRAIN_WAYS["no-compile"][1] == {"UNSLOTH_COMPILE_DISABLE": "1"}
