@@ -22,6 +22,8 @@
 #   NOTEBOOKS         notebooks for memory (default 03,05,06; 02 adds the evaluation batch)
 #   PROFILES          profiles for memory (default t4,24gb)
 #   GENERATION        ways grpo generates (default course,continuous,dynamic-cache; see grpo_step.py)
+#   PROMPTS           questions a GRPO step (default 1,4: 06's PROMPTS_PER_STEP)
+#   VL_WAYS           ways vl trains (default course,no-compile,no-checkpointing; see vl_step.py)
 #   DEADLINE          seconds for the whole call (default 580)
 #   PYTHON            the interpreter (default python)
 set -uo pipefail
@@ -92,7 +94,8 @@ for part in $PARTS; do
         b=$(budget 300)  # the first step of each way compiles the model
         run grpo "$((b + 30))" "$PY" benchmarks/grpo_step.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --settings t4 --backends "${BACKENDS//transformers,/}" --steps 2 --budget "$b" \
-            --generation "${GENERATION:-course,continuous,dynamic-cache}" --report "$OUT" ;;
+            --generation "${GENERATION:-course,continuous,dynamic-cache}" --prompts-per-step "${PROMPTS:-1,4}" \
+            --report "$OUT" ;;
     batching)  # do packed rows stay apart (each backend); then padding-free against padded, real lengths
         b=$(budget 300)
         run batching "$((b + 30))" "$PY" benchmarks/sft_step.py --model Qwen/Qwen3-1.7B --random \
@@ -101,7 +104,8 @@ for part in $PARTS; do
     vl)  # 05 at the t4 settings: the training step, then the captions (first call and repeat)
         b=$(budget 420)
         run vl-step "$((b / 2))" "$PY" benchmarks/vl_step.py --random --tokenizer "$TOK" --settings t4 \
-            --backends "$BACKENDS" --steps 4 --out "$OUT/vl_step.json"
+            --backends "${BACKENDS//transformers,/}" --ways "${VL_WAYS:-course,no-compile,no-checkpointing}" \
+            --steps 4 --out "$OUT/vl_step.json"
         run vl-generate "$(budget $((b / 2)))" "$PY" benchmarks/vl_step.py --random --tokenizer "$TOK" \
             --settings t4 --backends "$BACKENDS" --generate --new-tokens 32 --out "$OUT/vl_generate.json" ;;
     *) echo "unknown part: $part"; failed+=("$part (unknown)") ;;
