@@ -124,7 +124,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
         max_seq_length=shape["seq"])
     model = add_lora(model, r=shape["r"], alpha=shape["r"], backend=loaded_with, gradient_checkpointing=cuda)
     trainable, total = count_parameters(model)
-    prompts = shape.get("prompts", 1)
+    prompts = shape["prompts"]
     items, _ = load_grpo_items(["medical-o1-verifiable-problem"], (warmup + steps) * prompts, offline=True)
     # 06's own cells: its prompts (think block opened) and its rewards, for this setting's answer length
     with tempfile.TemporaryDirectory() as run:
@@ -194,7 +194,7 @@ def run_isolated(budget: report.Budget, folder: str, backend: str, name: str, sh
     command = [__file__, "--one", backend, "--folder", folder, "--settings", name,
                "--shape", json.dumps(shape), "--steps", str(steps), "--generation", generation_path]
     return {"setting": name, **budget.run(command, backend=backend, setting=name, generation=generation_path,
-                                          prompts=shape.get("prompts", 1))}
+                                          prompts=shape["prompts"])}
 
 
 def main() -> None:

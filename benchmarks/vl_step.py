@@ -75,11 +75,6 @@ TRAIN_WAYS = {
 }
 
 
-def _vision_tower(model):
-    """The vision encoder module (Qwen-VL's ``visual``), wherever peft and unsloth put it."""
-    return next(module for name, module in model.named_modules() if name.endswith("visual"))
-
-
 def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
             way: str = "course") -> dict:
     """One backend, one setting, one way: tokens/s over ``steps`` steps after two warm-up steps, and where
@@ -159,9 +154,9 @@ def _vision_forward_seconds(model, batches: list[dict], mark) -> float | None:
     after one); None where the model keeps its encoder elsewhere."""
     import torch
 
-    try:
-        tower = _vision_tower(model)
-    except StopIteration:
+    # Qwen-VL's encoder is ``visual``, wherever peft and unsloth put it
+    tower = next((module for name, module in model.named_modules() if name.endswith("visual")), None)
+    if tower is None:
         return None
     batch = batches[0]
     with torch.no_grad():
