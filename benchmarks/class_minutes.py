@@ -7,9 +7,9 @@ a GPU at reduced settings, and projected to a T4 at the t4 profile's full settin
 GPU one from a run in the t4 profile, e.g. ``gpu-notebooks.py run t4``). The projection uses what each
 notebook measured about itself, not its total time, because the GPU run used fewer steps and questions:
 
-- training (03, 05, and 06's text and VL parts): the warm-up step and the steady step time that
-  ``clock.StepClock`` saved in the notebook's metrics, times the t4 profile's steps; the checks before and
-  after training as measured;
+- training (03, 05, and 06's text and VL parts): the steps that ``clock.StepClock`` timed in the notebook's
+  metrics as they took (the warm-up among them), then the median of its later steps for each further step
+  of the t4 profile (``training_seconds``); the checks before and after training as measured;
 - answering (02, 04, and 07's scoring of the GRPO adapter): the seconds per answer of the answering cells,
   times the profile's number of questions;
 - both scaled by the ratio of the GPU's published peak figures to a T4's (``PEAKS``, read from the run's
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -93,6 +94,25 @@ def answers_in(run: Path, label: str) -> int:
     return sum(len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.jsonl"))
 
 
+def training_seconds(metrics: dict, steps: int) -> tuple[float, str]:
+    """Seconds of ``steps`` training steps at the pace of the run's metrics (``StepClock.timings``), and how.
+
+    The steps the run timed count as they took; the rest at the median of its steps after the first, so
+    that a recompilation or a checkpoint save inside a short run does not stand for every step. Metrics
+    without each step's seconds (older runs): warm-up + mean step × steps. With one step there is no
+    steady time, and the warm-up stands for every step (an upper bound)."""
+    durations = metrics.get("step_durations")
+    if durations:
+        typical = statistics.median(durations[1:] or durations)
+        rest = max(0, steps - len(durations))
+        timed = f"{len(durations) - 1} steps as timed ({sum(durations[1:]):.0f} s)"
+        return (sum(durations) + typical * rest,
+                f"{durations[0]:.0f} s warm-up + {timed} + {typical:.2f} s (median) × {rest} steps")
+    step = metrics.get("step_seconds") or metrics["warmup_seconds"]
+    return (metrics["warmup_seconds"] + step * steps,
+            f"{metrics['warmup_seconds']:.0f} s warm-up + {step:.2f} s × {steps} steps")
+
+
 def project(notebook: str, gpu: Path, factor: tuple[float, float] | None = None,
             profile: str = "t4") -> dict | None:
     """The GPU run's minutes and the projected T4 minutes of one notebook, or None if it did not run.
@@ -113,14 +133,12 @@ def project(notebook: str, gpu: Path, factor: tuple[float, float] | None = None,
             metrics = everything.get(part.metrics_key, {}) if part.metrics_key else everything
             if part.cell not in seconds or "warmup_seconds" not in metrics:
                 continue  # the part was switched off in this run
-            steps = getattr(settings, part.steps_field)
-            # With one step there is no steady time: the warm-up stands for every step (an upper bound).
-            step = metrics.get("step_seconds") or metrics["warmup_seconds"]
+            trained, how = training_seconds(metrics, getattr(settings, part.steps_field))
             checked = sum(seconds.get(c, 0) for c in part.checks)
             ratio = max(compute, bandwidth) if part.generates else compute
-            projected += ratio * (metrics["warmup_seconds"] + step * steps) + bandwidth * checked
+            projected += ratio * trained + bandwidth * checked
             measured += seconds[part.cell] + checked
-            hows.append(f"{metrics['warmup_seconds']:.0f} s warm-up + {step:.2f} s × {steps} steps")
+            hows.append(how)
         how = " and ".join(hows) + " + checks"
     elif notebook in ANSWERING:
         cells, labels = ANSWERING[notebook]

@@ -11,11 +11,12 @@ unsloth's speed and memory as a ratio of the baseline's, measured on the same ma
 
 A step's time is split into forward, backward and optimizer, with the vision encoder's share of the
 forward and the collator's CPU time a batch beside it. --ways compares, each in its own process, how a
-step keeps what the backward pass needs and whether unsloth compiles (TRAIN_WAYS: "course" as 05,
-"checkpoints-on-gpu", "no-checkpointing", "no-compile"), with peak memory against the t4 cap.
+step keeps what the backward pass needs and whether unsloth compiles (TRAIN_WAYS: "course" as 05 trains in
+the setting's profile, "checkpointing", "checkpoints-on-gpu", "no-checkpointing", "no-compile"), with peak
+memory against the t4 cap.
 
     python benchmarks/vl_step.py --random --settings t4 --backends unsloth \
-        --ways course,checkpoints-on-gpu,no-checkpointing,no-compile --steps 4
+        --ways course,checkpointing,checkpoints-on-gpu,no-compile --steps 4
 
 --generate times, instead of training, the captions 05 writes before and after training
 (`vision.generate_captions`, greedy, a batch of the setting's images): one new token (the prefill,
@@ -67,12 +68,23 @@ def training_batches(processor, batch: int, max_pixels: int, n: int = 4) -> tupl
 
 # --ways for training (unsloth): how activations are kept for the backward pass, and compilation.
 # (gradient_checkpointing as add_vl_lora takes it, environment of the measuring process)
-TRAIN_WAYS = {
-    "course": (True, {}),  # as 05: unsloth's checkpointing, the saved activations wait in CPU memory
+TRAIN_WAYS = {  # None: as 05 trains in the setting's profile (its vl_gradient_checkpointing)
+    "course": (None, {}),
+    "checkpointing": (True, {}),  # unsloth's checkpointing: the saved activations wait in CPU memory
     "checkpoints-on-gpu": ("gpu", {}),  # checkpointing with the saved activations left on the GPU
     "no-checkpointing": (False, {}),  # every activation kept: fastest, most memory
-    "no-compile": (True, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # as 05, without unsloth's compiled modules
+    "no-compile": (None, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # as 05, without unsloth's compiled modules
 }
+
+
+def way_checkpointing(way: str, setting: str) -> bool | str:
+    """What ``add_vl_lora`` gets as ``gradient_checkpointing`` for a way; "course" reads the profile."""
+    checkpointing = TRAIN_WAYS[way][0]
+    if checkpointing is None:
+        from helpers.profiles import get_profile
+
+        checkpointing = get_profile(setting).vl_gradient_checkpointing
+    return checkpointing
 
 
 def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
@@ -85,7 +97,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
     from helpers.vision import add_vl_lora, load_vl_model
 
     s = SETTINGS[setting]
-    checkpointing, _ = TRAIN_WAYS[way]
+    checkpointing = way_checkpointing(way, setting)
     cuda = torch.cuda.is_available()
     began = time.perf_counter()
     dtype = s["dtype"] if cuda else "float32"  # the CPU check runs in 32-bit

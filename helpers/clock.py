@@ -87,6 +87,13 @@ class StepClock(TrainerCallback):
         steady = self.durations[self.warmup_steps:]
         return statistics.fmean(steady) if steady else None
 
+    def timings(self) -> dict[str, object]:
+        """The numbers a notebook saves with its metrics: the warm-up, the steady step time, every step's
+        seconds (a slow second or third step shows a recompilation that the warm-up did not cover), and the
+        steps the budget cut."""
+        return {"warmup_seconds": round(self.warmup_seconds, 1), "step_seconds": self.step_seconds,
+                "step_durations": [round(d, 2) for d in self.durations], "steps_cut": self.cut}
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.planned, self.first_step = state.max_steps, state.global_step
         if args.world_size > 1:

@@ -49,6 +49,7 @@ class Profile:
     vl_examples: int
     vl_steps: int
     vl_batch_size: int
+    vl_gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, slower
     # GRPO (06)
     grpo_prompts: int
     grpo_steps: int
@@ -73,7 +74,7 @@ PROFILES: dict[str, Profile] = {
         # SmolLM2 writes English only; a tiny model and a few dozen steps take a higher rate.
         sft_languages=("en",), sft_learning_rate=1e-3,
         sft_examples=64, sft_steps=40, sft_batch_size=4, sft_grad_accum=1, sft_overlong="trim",
-        vl_examples=11, vl_steps=120, vl_batch_size=2,
+        vl_examples=11, vl_steps=120, vl_batch_size=2, vl_gradient_checkpointing=False,
         grpo_prompts=16, grpo_steps=6, grpo_num_generations=4, grpo_max_completion_length=96,
         vl_grpo=True, grpo_vl_steps=2,
     ),
@@ -85,7 +86,8 @@ PROFILES: dict[str, Profile] = {
         eval_mcq=100, eval_open=20, max_new_tokens=768, eval_batch_size=16,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
         sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4, sft_overlong="drop",
-        vl_examples=400, vl_steps=100, vl_batch_size=2,
+        # Kept activations: 1.76x faster steps at 6.4 of 15 GiB (docs/benchmarks.md, table 11).
+        vl_examples=400, vl_steps=100, vl_batch_size=2, vl_gradient_checkpointing=False,
         grpo_prompts=400, grpo_steps=100, grpo_num_generations=4, grpo_max_completion_length=512,
         vl_grpo=True, grpo_vl_steps=20,
     ),
@@ -97,7 +99,7 @@ PROFILES: dict[str, Profile] = {
         eval_mcq=200, eval_open=30, max_new_tokens=1024, eval_batch_size=32,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
         sft_examples=5000, sft_steps=300, sft_batch_size=4, sft_grad_accum=4, sft_overlong="drop",
-        vl_examples=1000, vl_steps=150, vl_batch_size=4,
+        vl_examples=1000, vl_steps=150, vl_batch_size=4, vl_gradient_checkpointing=True,
         grpo_prompts=1000, grpo_steps=150, grpo_num_generations=6, grpo_max_completion_length=768,
         vl_grpo=True, grpo_vl_steps=40,
     ),
@@ -109,7 +111,7 @@ PROFILES: dict[str, Profile] = {
         eval_mcq=500, eval_open=50, max_new_tokens=1024, eval_batch_size=64,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
         sft_examples=20000, sft_steps=500, sft_batch_size=8, sft_grad_accum=2, sft_overlong="drop",
-        vl_examples=3000, vl_steps=300, vl_batch_size=8,
+        vl_examples=3000, vl_steps=300, vl_batch_size=8, vl_gradient_checkpointing=True,
         grpo_prompts=2000, grpo_steps=200, grpo_num_generations=8, grpo_max_completion_length=1024,
         vl_grpo=True, grpo_vl_steps=80,
     ),

@@ -225,3 +225,13 @@ def test_a_budget_runs_what_fits_and_writes_a_row_for_what_it_left_out(report):
     assert budget.run(["-c", "print({'loss': 1.0}); print('{\"tokens_per_s\": 12.5}')"], setting="t4") == {
         "tokens_per_s": 12.5}
     assert 0 < budget.left() < 60
+
+
+def test_a_slow_second_step_of_a_short_run_is_not_taken_for_every_step():
+    """A recompilation at step 2 of a 6-step run counts once, not 100 times; older metrics still project."""
+    minutes = load_benchmark("class_minutes")
+    seconds, how = minutes.training_seconds({"step_durations": [50.0, 20.0, 2.0, 2.2, 1.8, 2.0]}, 100)
+    assert seconds == pytest.approx(78.0 + 2.0 * 94)
+    assert how.startswith("50 s warm-up + 5 steps as timed (28 s) + 2.00 s (median) × 94 steps")
+    assert minutes.training_seconds({"step_durations": [30.0]}, 3)[0] == pytest.approx(90.0)
+    assert minutes.training_seconds({"warmup_seconds": 10.0, "step_seconds": 2.0}, 5)[0] == pytest.approx(20.0)

@@ -68,6 +68,15 @@ def test_the_warm_up_step_is_reported_apart_from_the_steady_step_time(fake_time,
     assert steps.summary().startswith("10 steps in 30 s: warm-up 12.0 s (step 1")
 
 
+def test_the_saved_timings_keep_every_step_so_a_slow_second_step_shows(fake_time):
+    steps = clock.StepClock()
+    _train(steps, fake_time, [12.0, 9.0, 2.0, 2.0], max_steps=4)  # step 2 recompiles
+    saved = steps.timings()
+    assert saved["step_durations"] == [12.0, 9.0, 2.0, 2.0]
+    assert saved["warmup_seconds"] == 12.0 and saved["step_seconds"] == pytest.approx(13 / 3)
+    assert saved["steps_cut"] == 0
+
+
 def test_a_deadline_stops_before_a_step_that_would_not_finish(fake_time):
     budget = clock.Budget(1)  # 60 s: warm-up 12 s, then 4 s a step
     steps = clock.StepClock(budget.deadline(keep=8))  # 52 s for training

@@ -94,3 +94,12 @@ def test_a_step_is_split_into_its_parts_and_each_training_way_is_known():
     assert result["collate_seconds"] > 0
     assert set(bench.TRAIN_WAYS) >= {"course", "no-checkpointing", "no-compile"}
     assert bench.TRAIN_WAYS["no-compile"][1] == {"UNSLOTH_COMPILE_DISABLE": "1"}
+
+
+def test_the_course_way_trains_as_the_profile_says():
+    """05's way follows the profile: t4 keeps every activation (measured faster, fits), 24gb recomputes."""
+    bench = load_benchmark("vl_step")
+    assert bench.way_checkpointing("course", "t4") is False
+    assert bench.way_checkpointing("course", "24gb") is True
+    assert bench.way_checkpointing("no-compile", "t4") is False
+    assert bench.way_checkpointing("checkpointing", "t4") is True
