@@ -79,15 +79,17 @@ PROFILES: dict[str, Profile] = {
         vl_grpo=True, grpo_vl_steps=2,
     ),
     "t4": Profile(
+        # Counts sized so that 02-05 each project to <= 40 T4 minutes (docs/benchmarks.md, table 14; 04, which
+        # answers with the adapter attached, sets the question count); 06's GRPO does not fit and is pre-run.
         name="t4", hardware="≤16 GB, no bf16 (Colab T4, V100 16 GB)",
         text_model="Qwen/Qwen3-1.7B", vl_model="Qwen/Qwen3-VL-2B-Instruct", load_in_4bit=True,
         dtype="float16", max_seq_length=2048,
         lora_r=16, lora_alpha=16, full_finetune_ok=False,
-        eval_mcq=100, eval_open=20, max_new_tokens=768, eval_batch_size=16,
+        eval_mcq=48, eval_open=12, max_new_tokens=768, eval_batch_size=32,
         sft_languages=("en", "zh"), sft_learning_rate=2e-4,
-        sft_examples=2000, sft_steps=200, sft_batch_size=2, sft_grad_accum=4, sft_overlong="drop",
+        sft_examples=2000, sft_steps=150, sft_batch_size=2, sft_grad_accum=4, sft_overlong="drop",
         # Kept activations: 1.76x faster steps at 6.4 of 15 GiB (docs/benchmarks.md, table 11).
-        vl_examples=400, vl_steps=100, vl_batch_size=2, vl_gradient_checkpointing=False,
+        vl_examples=400, vl_steps=60, vl_batch_size=2, vl_gradient_checkpointing=False,
         grpo_prompts=400, grpo_steps=100, grpo_num_generations=4, grpo_max_completion_length=512,
         vl_grpo=True, grpo_vl_steps=20,
     ),
