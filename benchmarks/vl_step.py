@@ -66,6 +66,15 @@ def training_batches(processor, batch: int, max_pixels: int, n: int = 4) -> tupl
     return batches, (time.perf_counter() - began) / n
 
 
+def _now() -> float:
+    """``time.perf_counter()`` once the GPU has finished the work queued so far (where there is one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 # --ways for training (unsloth): how activations are kept for the backward pass, and compilation.
 # (gradient_checkpointing as add_vl_lora takes it, environment of the measuring process)
 TRAIN_WAYS = {  # None: as 05 trains in the setting's profile (its vl_gradient_checkpointing)
@@ -117,20 +126,15 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
     parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     step_seconds: list[float] = []
 
-    def mark() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def step(k: int, timed: bool) -> None:
-        t0 = mark()
+        t0 = _now()
         loss = model(**batches[k % len(batches)]).loss
-        t1 = mark()
+        t1 = _now()
         loss.backward()
-        t2 = mark()
+        t2 = _now()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        t3 = mark()
+        t3 = _now()
         losses.append(loss.item())
         if timed:
             for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
@@ -152,7 +156,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
         "tokens_per_s": sum(tokens[k % len(tokens)] for k in range(steps)) / seconds,
         "seconds_per_step": seconds / steps, "step_seconds": step_seconds,
         **{f"{name}_share": part / seconds for name, part in parts.items()},
-        "vision_forward_seconds": _vision_forward_seconds(model, batches, mark),
+        "vision_forward_seconds": _vision_forward_seconds(model, batches),
         "collate_seconds": collate_seconds,
         "peak_gb": peak,
         "load_seconds": load_seconds, "trainable": trainable, "total": total,
@@ -161,7 +165,7 @@ def measure(folder: str, backend: str, setting: str, steps: int, max_pixels: int
     }
 
 
-def _vision_forward_seconds(model, batches: list[dict], mark) -> float | None:
+def _vision_forward_seconds(model, batches: list[dict]) -> float | None:
     """Seconds of the vision encoder alone on a batch's images, without gradients (mean of three calls
     after one); None where the model keeps its encoder elsewhere."""
     import torch
@@ -173,10 +177,10 @@ def _vision_forward_seconds(model, batches: list[dict], mark) -> float | None:
     batch = batches[0]
     with torch.no_grad():
         tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
-        began = mark()
+        began = _now()
         for _ in range(3):
             tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
-        return (mark() - began) / 3
+        return (_now() - began) / 3
 
 
 GENERATE_WAYS = {"course": {}, "no-compile": {"disable_compile": True}}  # --ways → generate's arguments
@@ -200,15 +204,11 @@ def measure_generation(folder: str, backend: str, setting: str, max_pixels: int,
     images = [pair["images"][0] for pair in pairs[:s["batch"]]]
 
     def seconds(n: int, kwargs: dict) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        began = time.perf_counter()
+        began = _now()
         # min_new_tokens: every call writes exactly n tokens, whatever the weights
         generate_captions(model, processor, images, datasets.VL_INSTRUCTION, max_new_tokens=n,
                           batch_size=len(images), min_new_tokens=n, **kwargs)
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - began
+        return _now() - began
 
     rows = []
     for way in ways:
