@@ -21,8 +21,10 @@ memory against the t4 cap.
 --generate times, instead of training, the captions 05 writes before and after training
 (`vision.generate_captions`, greedy, a batch of the setting's images): one new token (the prefill,
 image encoder included) and --new-tokens tokens, each twice (the first call pays compilation and
-caches, the repeat shows the steady cost), for each way in --ways ("course": as 05 calls it;
-"no-compile": with `disable_compile=True`, which keeps generate from compiling the forward pass).
+caches, the repeat shows the steady cost), for each way in --ways, each in its own process (GENERATE_WAYS:
+"course" as 05 and 06 call it; "disable-compile", generate's `disable_compile=True`; "no-compile",
+without unsloth's compiled modules), with the graphs torch.compile built meanwhile and, on a GPU, a
+profiled call: the GPU's busy share and the operators that took the most CPU time.
 
     python benchmarks/vl_step.py --random --tokenizer .bench --settings t4 --generate --backends unsloth
 
@@ -183,13 +185,46 @@ def _vision_forward_seconds(model, batches: list[dict]) -> float | None:
         return (_now() - began) / 3
 
 
-GENERATE_WAYS = {"course": {}, "no-compile": {"disable_compile": True}}  # --ways → generate's arguments
+# --ways for generation: (generate's extra arguments, environment of the measuring process)
+GENERATE_WAYS = {
+    "course": ({}, {}),  # as 05's captions and 06's held-out answers are written
+    "disable-compile": ({"disable_compile": True}, {}),  # generate may not compile the forward pass
+    "no-compile": ({}, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # without unsloth's compiled modules, as training's
+}
+
+
+def _graphs_compiled() -> int:
+    """Graphs torch.compile has built in this process so far (a count that grows on every recompilation)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _profile_generation(call) -> dict:
+    """Where one generate call spends its time: the GPU's busy share of the wall time (kernels' device
+    time over seconds), and the operators that took the most CPU time, as torch.profiler counts them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        began = _now()
+        call()
+        wall = _now() - began
+    events = prof.key_averages()
+
+    def device_us(event) -> float:
+        return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+
+    busy = sum(device_us(e) for e in events) / 1e6
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
+    return {"profiled_s": wall, "gpu_busy_share": busy / wall if wall else None,
+            "top_cpu_ops": [[e.key[:60], round(e.self_cpu_time_total / 1e6, 3), e.count] for e in top]}
 
 
 def measure_generation(folder: str, backend: str, setting: str, max_pixels: int, new_tokens: int,
                        ways: list[str]) -> dict:
     """Seconds of 05's caption generation for a batch of the setting's images: the prefill (1 new token)
-    and ``new_tokens`` tokens, each called twice, for each way of ``GENERATE_WAYS``."""
+    and ``new_tokens`` tokens, each called twice, for each way of ``GENERATE_WAYS`` (its arguments; its
+    environment is the caller's to set), with the graphs compiled meanwhile and, on a GPU, a profile."""
     import torch
 
     from helpers import datasets
@@ -203,20 +238,27 @@ def measure_generation(folder: str, backend: str, setting: str, max_pixels: int,
                                  max_pixels=max_pixels).examples
     images = [pair["images"][0] for pair in pairs[:s["batch"]]]
 
-    def seconds(n: int, kwargs: dict) -> float:
-        began = _now()
+    def write(n: int, kwargs: dict) -> None:
         # min_new_tokens: every call writes exactly n tokens, whatever the weights
         generate_captions(model, processor, images, datasets.VL_INSTRUCTION, max_new_tokens=n,
                           batch_size=len(images), min_new_tokens=n, **kwargs)
-        return _now() - began
+
+    def seconds(n: int, kwargs: dict) -> tuple[float, int]:
+        graphs, began = _graphs_compiled(), _now()
+        write(n, kwargs)
+        return _now() - began, _graphs_compiled() - graphs
 
     rows = []
     for way in ways:
-        kwargs = GENERATE_WAYS[way]
-        first_prefill, first = seconds(1, kwargs), seconds(new_tokens, kwargs)
-        prefill, decode = seconds(1, kwargs), seconds(new_tokens, kwargs)
-        rows.append({"way": way, "first_prefill_s": first_prefill, "first_s": first, "prefill_s": prefill,
-                     "tokens_s": decode, "per_token_s": (decode - prefill) / max(new_tokens - 1, 1)})
+        kwargs = GENERATE_WAYS[way][0]
+        (first_prefill, _), (first, graphs_first) = seconds(1, kwargs), seconds(new_tokens, kwargs)
+        (prefill, _), (decode, graphs_repeat) = seconds(1, kwargs), seconds(new_tokens, kwargs)
+        row = {"way": way, "first_prefill_s": first_prefill, "first_s": first, "prefill_s": prefill,
+               "tokens_s": decode, "per_token_s": (decode - prefill) / max(new_tokens - 1, 1),
+               "graphs_compiled_first": graphs_first, "graphs_compiled_repeat": graphs_repeat}
+        if cuda:  # the profiler's CUDA side needs a GPU
+            row |= _profile_generation(lambda kwargs=kwargs: write(min(new_tokens, 16), kwargs))
+        rows.append(row)
     return {"backend": loaded_with, "requested": backend, "setting": setting, "images": len(images),
             "new_tokens": new_tokens, "ways": rows,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -225,18 +267,24 @@ def measure_generation(folder: str, backend: str, setting: str, max_pixels: int,
 
 def print_generation_table(title: str, results: list[dict]) -> None:
     print(f"\n{title}")
-    print(f"{'setting':<7} {'backend':<13} {'way':<11} {'1st prefill':>11} {'1st N tok':>9} {'prefill':>8} "
-          f"{'N tok':>7} {'s/token':>8}")
+    print(f"{'setting':<7} {'backend':<13} {'way':<15} {'1st prefill':>11} {'1st N tok':>9} {'prefill':>8} "
+          f"{'N tok':>7} {'s/token':>8} {'graphs':>9} {'GPU busy':>8}")
     for r in results:
         if "error" in r:
             last = r["error"].strip().splitlines()[-1] if r["error"].strip() else "no output"
-            print(f"{r['setting']:<7} {r['requested']:<13} failed: {last[:120]}")
+            print(f"{r['setting']:<7} {r['requested']:<13} {r.get('way') or '':<15} failed: {last[:120]}")
             continue
         for w in r["ways"]:
-            print(f"{r['setting']:<7} {r['backend']:<13} {w['way']:<11} {w['first_prefill_s']:>11.2f} "
+            busy = f"{w['gpu_busy_share']:.0%}" if w.get("gpu_busy_share") is not None else "-"
+            graphs = f"{w['graphs_compiled_first']}/{w['graphs_compiled_repeat']}"
+            print(f"{r['setting']:<7} {r['backend']:<13} {w['way']:<15} {w['first_prefill_s']:>11.2f} "
                   f"{w['first_s']:>9.2f} {w['prefill_s']:>8.2f} {w['tokens_s']:>7.2f} "
-                  f"{w['per_token_s']:>8.3f}")
-    print("N tok: the batch writing --new-tokens tokens; s/token: (N tok - prefill) / (N - 1), the repeat")
+                  f"{w['per_token_s']:>8.3f} {graphs:>9} {busy:>8}")
+            for name, cpu_s, calls in w.get("top_cpu_ops", [])[:3]:
+                print(f"{'':>38}{name:<60} {cpu_s:>7.3f} s CPU in {calls} calls")
+    print("N tok: the batch writing --new-tokens tokens; s/token: (N tok - prefill) / (N - 1), the repeat; "
+          "graphs: compiled during the first / the repeat N-token call; GPU busy: kernel time over wall time "
+          "of a profiled call, with the operators that took most CPU time under it")
 
 
 def _image_tokens(batch, processor) -> float:
@@ -246,13 +294,13 @@ def _image_tokens(batch, processor) -> float:
 
 def run_isolated(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
                  extra: list[str] = (), way: str | None = None) -> dict:
-    """One measurement in a fresh process (a training ``way`` with its own environment)."""
+    """One measurement in a fresh process (a training or generation ``way`` with its own environment)."""
     command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", setting,
                "--steps", str(steps), "--max-pixels", str(max_pixels), *extra]
     env = dict(os.environ)
     if way is not None:
         command += ["--ways", way]
-        env.update(TRAIN_WAYS[way][1])
+        env.update((GENERATE_WAYS if "--generate" in extra else TRAIN_WAYS)[way][1])
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -327,13 +375,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="with --generate: tokens per caption")
     parser.add_argument("--ways", default=None,
                         help=f"training: any of {','.join(TRAIN_WAYS)} (default course); with --generate, "
-                             f"any of {','.join(GENERATE_WAYS)} (default course,no-compile)")
+                             f"any of {','.join(GENERATE_WAYS)} (default course,disable-compile,no-compile)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
     known = GENERATE_WAYS if args.generate else TRAIN_WAYS
-    ways = (args.ways or ("course,no-compile" if args.generate else "course")).split(",")
+    ways = (args.ways or ("course,disable-compile,no-compile" if args.generate else "course")).split(",")
     if unknown := [w for w in ways if w not in known]:
         parser.error(f"--ways {','.join(unknown)}: choose among {', '.join(known)}")
     if args.one:
@@ -347,10 +395,10 @@ def main() -> None:
     began = time.perf_counter()
     folder = build_checkpoint(args)
     if args.generate:
-        extra = ["--generate", "--new-tokens", str(args.new_tokens), "--ways", ",".join(ways)]
-        results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra)
-                   for s in args.settings.split(",") for b in args.backends.split(",")]
-    else:  # each training way in its own process: unsloth reads its environment on import
+        extra = ["--generate", "--new-tokens", str(args.new_tokens)]
+        results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra, way=w)
+                   for s in args.settings.split(",") for b in args.backends.split(",") for w in ways]
+    else:  # each way in its own process: unsloth reads its environment on import
         results = [run_isolated(folder, b, s, args.steps, args.max_pixels, way=w)
                    for s in args.settings.split(",") for b in args.backends.split(",") for w in ways]
     name = "tiny random Qwen3-VL" if args.tiny else args.model

@@ -50,14 +50,18 @@ def test_the_generation_timing_writes_exactly_the_tokens_asked_in_each_way(monke
 
     monkeypatch.setattr(vision, "generate_captions", counting)
     result = bench.measure_generation(folder, "transformers", "t4", 128 * 128, new_tokens=4,
-                                      ways=["course", "no-compile"])
+                                      ways=["course", "disable-compile"])
     assert result["backend"] == "transformers" and result["images"] == 2 and result["new_tokens"] == 4
-    assert [w["way"] for w in result["ways"]] == ["course", "no-compile"]
+    assert [w["way"] for w in result["ways"]] == ["course", "disable-compile"]
     # per way: prefill, N tokens, prefill again, N tokens again; the second way passes disable_compile
     assert written == [(1, False, 2), (4, False, 2), (1, False, 2), (4, False, 2),
                        (1, True, 2), (4, True, 2), (1, True, 2), (4, True, 2)]
     for way in result["ways"]:
         assert way["first_prefill_s"] > 0 and way["tokens_s"] > 0 and way["prefill_s"] > 0
+        # nothing compiles on the transformers path; the count is there to show unsloth's recompiling
+        assert way["graphs_compiled_first"] == way["graphs_compiled_repeat"] == 0
+    # the way that turns unsloth's compiled modules off does it through the measuring process's environment
+    assert bench.GENERATE_WAYS["no-compile"] == ({}, {"UNSLOTH_COMPILE_DISABLE": "1"})
 
 
 def test_generate_captions_passes_generate_arguments_on_to_generate(monkeypatch):
