@@ -85,6 +85,7 @@ TRAIN_WAYS = {  # None: as 05 trains in the setting's profile (its vl_gradient_c
     "checkpoints-on-gpu": ("gpu", {}),  # checkpointing with the saved activations left on the GPU
     "no-checkpointing": (False, {}),  # every activation kept: fastest, most memory
     "no-compile": (None, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # as 05, without unsloth's compiled modules
+    "no-block-compile": (None, {"UNSLOTH_BLOCK_COMPILE": "0"}),  # as 05, each decoder layer left uncompiled
 }
 
 
@@ -190,6 +191,7 @@ GENERATE_WAYS = {
     "course": ({}, {}),  # as 05's captions and 06's held-out answers are written
     "disable-compile": ({"disable_compile": True}, {}),  # generate may not compile the forward pass
     "no-compile": ({}, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # without unsloth's compiled modules, as training's
+    "no-block-compile": ({}, {"UNSLOTH_BLOCK_COMPILE": "0"}),  # each decoder layer left uncompiled
 }
 
 

@@ -98,6 +98,9 @@ def test_a_step_is_split_into_its_parts_and_each_training_way_is_known():
     assert result["collate_seconds"] > 0
     assert set(bench.TRAIN_WAYS) >= {"course", "no-checkpointing", "no-compile"}
     assert bench.TRAIN_WAYS["no-compile"][1] == {"UNSLOTH_COMPILE_DISABLE": "1"}
+    # unsloth reads this when it adds the adapters: the same switch for training and for generation
+    assert bench.TRAIN_WAYS["no-block-compile"][1] == bench.GENERATE_WAYS["no-block-compile"][1] == {
+        "UNSLOTH_BLOCK_COMPILE": "0"}
 
 
 def test_the_course_way_trains_as_the_profile_says():
