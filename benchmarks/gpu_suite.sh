@@ -23,7 +23,7 @@
 #   PROFILES          profiles for memory (default t4,24gb)
 #   GENERATION        ways grpo generates (default course,continuous,dynamic-cache; see grpo_step.py)
 #   PROMPTS           questions a GRPO step (default 1,4: 06's PROMPTS_PER_STEP)
-#   VL_WAYS           ways vl trains (default course,no-compile,checkpointing; see vl_step.py)
+#   VL_WAYS           ways vl trains (default course,no-compile,no-block-compile; see vl_step.py)
 #   DEADLINE          seconds for the whole call (default 580)
 #   PYTHON            the interpreter (default python)
 set -uo pipefail
@@ -104,7 +104,7 @@ for part in $PARTS; do
     vl)  # 05 at the t4 settings: the training step, then the captions (first call and repeat)
         b=$(budget 420)
         run vl-step "$((b / 2))" "$PY" benchmarks/vl_step.py --random --tokenizer "$TOK" --settings t4 \
-            --backends "${BACKENDS//transformers,/}" --ways "${VL_WAYS:-course,no-compile,checkpointing}" \
+            --backends "${BACKENDS//transformers,/}" --ways "${VL_WAYS:-course,no-compile,no-block-compile}" \
             --steps 4 --out "$OUT/vl_step.json"
         run vl-generate "$(budget $((b / 2)))" "$PY" benchmarks/vl_step.py --random --tokenizer "$TOK" \
             --settings t4 --backends "$BACKENDS" --generate --new-tokens 32 --out "$OUT/vl_generate.json" ;;

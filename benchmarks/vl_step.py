@@ -377,13 +377,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="with --generate: tokens per caption")
     parser.add_argument("--ways", default=None,
                         help=f"training: any of {','.join(TRAIN_WAYS)} (default course); with --generate, "
-                             f"any of {','.join(GENERATE_WAYS)} (default course,disable-compile,no-compile)")
+                             f"any of {','.join(GENERATE_WAYS)} (default course,no-compile,no-block-compile)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
     known = GENERATE_WAYS if args.generate else TRAIN_WAYS
-    ways = (args.ways or ("course,disable-compile,no-compile" if args.generate else "course")).split(",")
+    ways = (args.ways or ("course,no-compile,no-block-compile" if args.generate else "course")).split(",")
     if unknown := [w for w in ways if w not in known]:
         parser.error(f"--ways {','.join(unknown)}: choose among {', '.join(known)}")
     if args.one:
