@@ -23,6 +23,8 @@ def test_without_an_sft_adapter_the_policy_is_the_base_model_with_fresh_adapters
                                                           gradient_checkpointing=False)
     assert backend == "transformers"  # what loaded it on a CPU
     assert "base model" in started and "run 03_sft_llm.ipynb first" in started
+    # the sentence names the adapter it lacks, yet 06 must not call this start "SFT" (it reads the beginning)
+    assert "SFT adapter" in started and not started.startswith("the SFT adapter")
     assert model.peft_config["default"].r == 4
     base, _, _ = embedded
     assert torch.allclose(_logits(model, tokenizer), _logits(base, tokenizer), atol=1e-5)  # B starts at zero
@@ -39,7 +41,7 @@ def test_the_sft_adapter_is_loaded_trainable_with_its_own_rank(tmp_path):
     save_adapter(sft, tokenizer, tmp_path / grpo.SFT_ADAPTER)
 
     policy, tokenizer, _, started = grpo.load_policy(CPU, tmp_path, lora_r=4, gradient_checkpointing=False)
-    assert "SFT adapter" in started
+    assert started.startswith("the SFT adapter")  # what 06 reads to call this start "SFT"
     assert policy.peft_config["default"].r == 8  # the adapter's own rank, not lora_r
     assert torch.allclose(_logits(policy, tokenizer), expected, atol=1e-5)
     assert any(p.requires_grad for name, p in policy.named_parameters() if "lora_B" in name)

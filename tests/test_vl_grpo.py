@@ -136,6 +136,7 @@ def test_the_policy_continues_05s_adapter_or_starts_fresh_and_says_which(tmp_pat
     fresh, said = vl_grpo.load_vl_policy(model, tmp_path / demo.VL_ADAPTER, backend="transformers",
                                          lora_r=4, lora_alpha=8)
     assert "fresh LoRA adapters" in said and "run 05_sft_vl.ipynb first" in said
+    assert not said.startswith("the VL SFT adapter")  # 06 calls this start "VL base"
     assert count_parameters(fresh)[0] > 0
     save_adapter(fresh, processor, tmp_path / demo.VL_ADAPTER)
     model, _, _ = vision.load_vl_model("tiny-random-qwen-vl")
