@@ -382,21 +382,27 @@ class ReportCollator:
 
 # --- captions -------------------------------------------------------------------------------
 
-def generate_captions(model, processor, images: list, instruction: str, *, max_new_tokens: int = 64,
-                      batch_size: int = 4, **generate_kwargs) -> list[str]:
+def generate_captions(model, processor, images: list, instruction: str | list[str], *,
+                      max_new_tokens: int = 64, batch_size: int = 4, **generate_kwargs) -> list[str]:
     """A report for each image, greedy, ``batch_size`` images at a time (``generate_kwargs`` go on to
-    ``generate``: benchmarks/vl_step.py --generate compares its settings)."""
+    ``generate``: benchmarks/vl_step.py --generate compares its settings). ``instruction``: one for every
+    image, or a list with each image's own (prompts of different lengths share a batch, left-padded)."""
     from helpers.generation import generate_batch, generating
 
+    instructions = [instruction] * len(images) if isinstance(instruction, str) else list(instruction)
+    if len(instructions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(instructions)} instructions: "
+                         "give one instruction, or one for each image")
     tokenizer = processor.tokenizer
-    prompt = chat_text(processor, vl_messages(None, instruction), add_generation_prompt=True)
+    prompts = [chat_text(processor, vl_messages(None, text), add_generation_prompt=True)
+               for text in instructions]
     stop = tokenizer.convert_tokens_to_ids(TURN_END)
     captions: list[str] = []
     with generating(model, tokenizer):
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            inputs = processor(text=[prompt] * len(batch), images=[[image] for image in batch], padding=True,
-                               return_tensors="pt")
+            inputs = processor(text=prompts[start:start + batch_size], images=[[image] for image in batch],
+                               padding=True, return_tensors="pt")
             new_ids = generate_batch(model, tokenizer, inputs, max_new_tokens,
                                      **{"do_sample": False, "eos_token_id": stop, **generate_kwargs})
             captions += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]

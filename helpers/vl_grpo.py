@@ -93,16 +93,10 @@ def load_vl_policy(model, adapter: Path, *, backend: str, lora_r: int, lora_alph
 def answer_questions(model, processor, rows: list[dict], max_new_tokens: int,
                      batch_size: int = 4) -> list[str]:
     """Greedy answers to each row's question about its image, in the rows' order: the prompt of
-    training, written by ``vision.generate_captions`` (rows with the same question go in one batch)."""
+    training, written by ``vision.generate_captions``. Rows of different questions share a batch: a GPU
+    decodes a batch for far less than its rows one call each (docs/benchmarks.md, table 10)."""
     from helpers.vision import generate_captions
 
-    answers: list[str] = [""] * len(rows)
-    by_prompt: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_prompt.setdefault(row["prompt"][-1]["content"], []).append(i)
-    for prompt, indices in by_prompt.items():
-        written = generate_captions(model, processor, [rows[i]["image"] for i in indices], prompt,
-                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
-        for i, text in zip(indices, written, strict=True):
-            answers[i] = text
-    return answers
+    return generate_captions(model, processor, [row["image"] for row in rows],
+                             [row["prompt"][-1]["content"] for row in rows], max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)

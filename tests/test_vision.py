@@ -111,6 +111,21 @@ def test_batched_captions_match_one_at_a_time(tiny):
     assert all(isinstance(c, str) for c in batched)
 
 
+def test_a_batch_of_different_questions_answers_each_as_if_asked_alone(tiny):
+    """Prompts of different lengths share a left-padded batch (06's held-out image questions)."""
+    folder, _ = tiny
+    model, processor, _ = vision.load_vl_model(str(folder), backend="transformers")
+    images = [picture(64, 64, 20), picture(160, 96, 200), picture(96, 128, 90)]
+    asks = ["Describe.", "Which imaging modality is this: CT, MRI, X-ray, ultrasound? Answer in one word.",
+            "Is there a fracture?"]
+    batched = vision.generate_captions(model, processor, images, asks, max_new_tokens=8, batch_size=3)
+    single = [vision.generate_captions(model, processor, [image], ask, max_new_tokens=8)[0]
+              for image, ask in zip(images, asks, strict=True)]
+    assert batched == single
+    with pytest.raises(ValueError, match="one for each image"):
+        vision.generate_captions(model, processor, images, asks[:2], max_new_tokens=8)
+
+
 @pytest.mark.parametrize(("switches", "vision_lora", "language_lora"), [
     (dict(vision_layers=True, language_layers=False), True, False),
     (dict(vision_layers=False, language_layers=True), False, True),

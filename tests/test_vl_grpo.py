@@ -113,19 +113,23 @@ def test_the_pairs_keep_their_concepts_where_the_schema_has_them(tmp_path):
 def test_answers_come_back_in_the_rows_order_with_each_rows_own_question(monkeypatch):
     calls = []
 
-    def fake_captions(model, processor, images, instruction, *, max_new_tokens, batch_size):
-        calls.append((instruction, len(images), max_new_tokens))
-        return [f"{instruction[-12:]}|{image.getpixel((0, 0))[0]}" for image in images]
+    def fake_captions(model, processor, images, instructions, *, max_new_tokens, batch_size):
+        calls.append((list(instructions), len(images), max_new_tokens, batch_size))
+        return [f"{ask[-12:]}|{image.getpixel((0, 0))[0]}"
+                for image, ask in zip(images, instructions, strict=True)]
 
     monkeypatch.setattr("helpers.vision.generate_captions", fake_captions)
-    examples = [_example(ROCO_CT, ["C0040405"], "a", 10), _example(ROCO_XRAY, ["C1306645"], "b", 20)]
+    examples = [_example(ROCO_CT, ["C0040405"], "a", 10), _example(ROCO_XRAY, ["C1306645"], "b", 20),
+                _example("Chest radiograph: no fracture is seen.", [], "c", 30)]
     rows, _ = vl_grpo.question_rows(examples)
+    assert len({r["question"] for r in rows}) >= 2  # a modality question and a fracture question
     answers = vl_grpo.answer_questions(None, None, rows, max_new_tokens=16)
-    grey = {"a": 10, "b": 20}
+    grey = {"a": 10, "b": 20, "c": 30}
     assert answers == [f"{r['prompt'][0]['content'][-12:]}|{grey[r['id']]}" for r in rows]
-    assert len(calls) == len({r["question"] for r in rows})  # one batch per question
+    # one pass over every row, each with its own question: different questions share a batch
+    assert calls == [([r["prompt"][0]["content"] for r in rows], len(rows), 16, 4)]
     assert (f"{vl_grpo.REASON_FIRST['en']} Which imaging modality is this: CT, MRI, X-ray, ultrasound, "
-            "nuclear medicine? Answer in one word.", 2, 16) in calls
+            "nuclear medicine? Answer in one word.") in calls[0][0]
 
 
 def test_the_policy_continues_05s_adapter_or_starts_fresh_and_says_which(tmp_path):
