@@ -205,6 +205,7 @@ def _graphs_compiled() -> int:
 def _profile_generation(call) -> dict:
     """Where one generate call spends its time: the GPU's busy share of the wall time (kernels' device
     time over seconds), and the operators that took the most CPU time, as torch.profiler counts them."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -212,11 +213,10 @@ def _profile_generation(call) -> dict:
         call()
         wall = _now() - began
     events = prof.key_averages()
-
-    def device_us(event) -> float:
-        return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
-
-    busy = sum(device_us(e) for e in events) / 1e6
+    # kernels only, as torch's own table totals them: an operator also carries the time of the kernels
+    # it launched, and summing both would count each kernel twice
+    busy = sum(e.self_device_time_total for e in events
+               if e.device_type != DeviceType.CPU and not e.is_user_annotation) / 1e6
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
     return {"profiled_s": wall, "gpu_busy_share": busy / wall if wall else None,
             "top_cpu_ops": [[e.key[:60], round(e.self_cpu_time_total / 1e6, 3), e.count] for e in top]}

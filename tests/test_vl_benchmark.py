@@ -110,3 +110,15 @@ def test_the_course_way_trains_as_the_profile_says():
     assert bench.way_checkpointing("course", "24gb") is True
     assert bench.way_checkpointing("no-compile", "t4") is False
     assert bench.way_checkpointing("checkpointing", "t4") is True
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # without a GPU torch profiles the CPU side
+def test_the_profile_of_a_call_names_its_operators_and_counts_only_kernel_time():
+    bench = load_benchmark("vl_step")
+    result = bench._profile_generation(
+        lambda: [torch.ones(300, 300) @ torch.ones(300, 300) for _ in range(5)])
+    assert result["profiled_s"] > 0
+    if not torch.cuda.is_available():  # CPU work launches no kernels: the GPU was never busy
+        assert result["gpu_busy_share"] == 0.0
+    names = {name: calls for name, _, calls in result["top_cpu_ops"]}
+    assert names.get("aten::mm") == 5  # the five matrix products, each counted once
