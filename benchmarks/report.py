@@ -26,6 +26,7 @@ import datetime
 import importlib.metadata
 import importlib.util
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -95,16 +96,19 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> floa
 
 # --- a measurement in a fresh process -------------------------------------------------------------
 
-def run_isolated(command: list[str], timeout: float, **label) -> dict:
+def run_isolated(command: list[str], timeout: float | None, *, env: dict[str, str] | None = None,
+                 **label) -> dict:
     """Run a script's ``--one`` measurement in a fresh Python process and return the JSON it prints last.
 
     A fresh process per measurement, because unsloth patches transformers, peft and TRL on import (the
-    baseline must never see it) and because peak memory must start from nothing. A failure or timeout
-    becomes a row with ``error``, tagged with ``label``, so one bad setting never stops a run.
+    baseline must never see it) and because peak memory must start from nothing. ``env`` is added to this
+    process's environment (unsloth reads its switches on import); ``timeout`` None sets no limit. A failure
+    or timeout becomes a row with ``error``, tagged with ``label``, so one bad setting never stops a run.
     """
     try:
         done = subprocess.run([sys.executable, *command], capture_output=True, text=True,
-                              timeout=max(timeout, 1))
+                              timeout=None if timeout is None else max(timeout, 1),
+                              env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
         return {**label, "error": f"stopped after {timeout:.0f} s (time budget)"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

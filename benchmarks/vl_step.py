@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import report  # noqa: E402  (after the path insert)
 
 # The training shape of each profile: 4-bit or 16-bit weights, precision, images per batch, LoRA rank.
 SETTINGS = {
@@ -295,20 +295,15 @@ def _image_tokens(batch, processor) -> float:
 
 
 def run_isolated(folder: str, backend: str, setting: str, steps: int, max_pixels: int,
-                 extra: list[str] = (), way: str | None = None) -> dict:
-    """One measurement in a fresh process (a training or generation ``way`` with its own environment)."""
-    command = [sys.executable, __file__, "--one", backend, "--folder", folder, "--settings", setting,
+                 extra: list[str] = (), way: str | None = None, ways: dict = TRAIN_WAYS) -> dict:
+    """One measurement in a fresh process: a ``way`` of ``ways`` (TRAIN_WAYS or GENERATE_WAYS) runs with
+    its own environment."""
+    command = [__file__, "--one", backend, "--folder", folder, "--settings", setting,
                "--steps", str(steps), "--max-pixels", str(max_pixels), *extra]
-    env = dict(os.environ)
     if way is not None:
         command += ["--ways", way]
-        env.update((GENERATE_WAYS if "--generate" in extra else TRAIN_WAYS)[way][1])
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"backend": backend, "requested": backend, "setting": setting, "way": way,
-                "error": (done.stderr or done.stdout)[-3000:]}
-    return json.loads(lines[-1])
+    return report.run_isolated(command, None, env=ways[way][1] if way is not None else None,
+                               backend=backend, requested=backend, setting=setting, way=way)
 
 
 def build_checkpoint(args) -> str:
@@ -398,7 +393,7 @@ def main() -> None:
     folder = build_checkpoint(args)
     if args.generate:
         extra = ["--generate", "--new-tokens", str(args.new_tokens)]
-        results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra, way=w)
+        results = [run_isolated(folder, b, s, args.steps, args.max_pixels, extra, way=w, ways=GENERATE_WAYS)
                    for s in args.settings.split(",") for b in args.backends.split(",") for w in ways]
     else:  # each way in its own process: unsloth reads its environment on import
         results = [run_isolated(folder, b, s, args.steps, args.max_pixels, way=w)

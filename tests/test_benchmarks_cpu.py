@@ -227,6 +227,18 @@ def test_a_budget_runs_what_fits_and_writes_a_row_for_what_it_left_out(report):
     assert 0 < budget.left() < 60
 
 
+def test_a_measurement_process_runs_with_the_environment_it_is_given(report, monkeypatch):
+    """vl_step's ways switch unsloth's compilation through the measuring process's environment."""
+    monkeypatch.setenv("COURSE_PROBE_KEPT", "1")
+    probe = ["-c", "import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+                   "('COURSE_PROBE', 'COURSE_PROBE_KEPT')}))"]
+    assert report.run_isolated(probe, None, env={"COURSE_PROBE": "0"}) == {
+        "COURSE_PROBE": "0", "COURSE_PROBE_KEPT": "1"}  # added to this process's environment
+    assert report.run_isolated(probe, 30) == {"COURSE_PROBE": None, "COURSE_PROBE_KEPT": "1"}
+    assert report.run_isolated(["-c", "raise SystemExit(3)"], None, way="no-compile") == {
+        "way": "no-compile", "error": "exit code 3"}
+
+
 def test_a_slow_second_step_of_a_short_run_is_not_taken_for_every_step():
     """A recompilation at step 2 of a 6-step run counts once, not 100 times; older metrics still project."""
     minutes = load_benchmark("class_minutes")
