@@ -22,8 +22,9 @@ memory against the t4 cap.
 (`vision.generate_captions`, greedy, a batch of the setting's images): one new token (the prefill,
 image encoder included) and --new-tokens tokens, each twice (the first call pays compilation and
 caches, the repeat shows the steady cost), for each way in --ways, each in its own process (GENERATE_WAYS:
-"course" as 05 and 06 call it; "disable-compile", generate's `disable_compile=True`; "no-compile",
-without unsloth's compiled modules), with the graphs torch.compile built meanwhile and, on a GPU, a
+"course" as 05 and 06 call it; "disable-compile", generate's `disable_compile=True`; "force-eager", that
+under torch.compile's "force_eager" stance; "no-compile", without unsloth's compiled modules;
+"no-block-compile"), with the graphs torch.compile built meanwhile, the first caption and, on a GPU, a
 profiled call: the GPU's busy share and the operators that took the most CPU time.
 
     python benchmarks/vl_step.py --random --tokenizer .bench --settings t4 --generate --backends unsloth
@@ -186,12 +187,15 @@ def _vision_forward_seconds(model, batches: list[dict]) -> float | None:
         return (_now() - began) / 3
 
 
-# --ways for generation: (generate's extra arguments, environment of the measuring process)
+# --ways for generation: (generate's extra arguments, environment of the measuring process, the
+# torch.compile stance the calls run under)
 GENERATE_WAYS = {
-    "course": ({}, {}),  # as 05's captions and 06's held-out answers are written
-    "disable-compile": ({"disable_compile": True}, {}),  # generate may not compile the forward pass
-    "no-compile": ({}, {"UNSLOTH_COMPILE_DISABLE": "1"}),  # without unsloth's compiled modules, as training's
-    "no-block-compile": ({}, {"UNSLOTH_BLOCK_COMPILE": "0"}),  # each decoder layer left uncompiled
+    "course": ({}, {}, "default"),  # as 05's captions and 06's held-out answers are written
+    "disable-compile": ({"disable_compile": True}, {}, "default"),  # generate may not compile decoding
+    # and nothing torch.compile wrapped may compile either (yet unsloth's modules still do: table 17)
+    "force-eager": ({"disable_compile": True}, {}, "force_eager"),
+    "no-compile": ({}, {"UNSLOTH_COMPILE_DISABLE": "1"}, "default"),  # without unsloth's compiled modules
+    "no-block-compile": ({}, {"UNSLOTH_BLOCK_COMPILE": "0"}, "default"),  # decoder layers uncompiled
 }
 
 
@@ -225,8 +229,9 @@ def _profile_generation(call) -> dict:
 def measure_generation(folder: str, backend: str, setting: str, max_pixels: int, new_tokens: int,
                        ways: list[str]) -> dict:
     """Seconds of 05's caption generation for a batch of the setting's images: the prefill (1 new token)
-    and ``new_tokens`` tokens, each called twice, for each way of ``GENERATE_WAYS`` (its arguments; its
-    environment is the caller's to set), with the graphs compiled meanwhile and, on a GPU, a profile."""
+    and ``new_tokens`` tokens, each called twice, for each way of ``GENERATE_WAYS`` (its arguments and
+    compile stance; its environment is the caller's to set), with the graphs compiled meanwhile, the
+    first caption written and, on a GPU, a profile."""
     import torch
 
     from helpers import datasets
@@ -240,26 +245,30 @@ def measure_generation(folder: str, backend: str, setting: str, max_pixels: int,
                                  max_pixels=max_pixels).examples
     images = [pair["images"][0] for pair in pairs[:s["batch"]]]
 
-    def write(n: int, kwargs: dict) -> None:
-        # min_new_tokens: every call writes exactly n tokens, whatever the weights
-        generate_captions(model, processor, images, datasets.VL_INSTRUCTION, max_new_tokens=n,
-                          batch_size=len(images), min_new_tokens=n, **kwargs)
+    written: list[str] = []  # the last call's captions: do the ways write the same?
 
-    def seconds(n: int, kwargs: dict) -> tuple[float, int]:
+    def write(n: int, way: str) -> None:
+        kwargs, _, stance = GENERATE_WAYS[way]
+        with torch.compiler.set_stance(stance):  # min_new_tokens: exactly n tokens, whatever the weights
+            written[:] = generate_captions(model, processor, images, datasets.VL_INSTRUCTION,
+                                           max_new_tokens=n, batch_size=len(images), min_new_tokens=n,
+                                           **kwargs)
+
+    def seconds(n: int, way: str) -> tuple[float, int]:
         graphs, began = _graphs_compiled(), _now()
-        write(n, kwargs)
+        write(n, way)
         return _now() - began, _graphs_compiled() - graphs
 
     rows = []
     for way in ways:
-        kwargs = GENERATE_WAYS[way][0]
-        (first_prefill, _), (first, graphs_first) = seconds(1, kwargs), seconds(new_tokens, kwargs)
-        (prefill, _), (decode, graphs_repeat) = seconds(1, kwargs), seconds(new_tokens, kwargs)
+        (first_prefill, _), (first, graphs_first) = seconds(1, way), seconds(new_tokens, way)
+        (prefill, _), (decode, graphs_repeat) = seconds(1, way), seconds(new_tokens, way)
         row = {"way": way, "first_prefill_s": first_prefill, "first_s": first, "prefill_s": prefill,
                "tokens_s": decode, "per_token_s": (decode - prefill) / max(new_tokens - 1, 1),
-               "graphs_compiled_first": graphs_first, "graphs_compiled_repeat": graphs_repeat}
+               "graphs_compiled_first": graphs_first, "graphs_compiled_repeat": graphs_repeat,
+               "first_caption": written[0][:80]}
         if cuda:  # the profiler's CUDA side needs a GPU
-            row |= _profile_generation(lambda kwargs=kwargs: write(min(new_tokens, 16), kwargs))
+            row |= _profile_generation(lambda way=way: write(min(new_tokens, 16), way))
         rows.append(row)
     return {"backend": loaded_with, "requested": backend, "setting": setting, "images": len(images),
             "new_tokens": new_tokens, "ways": rows,
@@ -372,13 +381,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="with --generate: tokens per caption")
     parser.add_argument("--ways", default=None,
                         help=f"training: any of {','.join(TRAIN_WAYS)} (default course); with --generate, "
-                             f"any of {','.join(GENERATE_WAYS)} (default course,no-compile,no-block-compile)")
+                             f"any of {','.join(GENERATE_WAYS)} (default course,no-compile)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
     known = GENERATE_WAYS if args.generate else TRAIN_WAYS
-    ways = (args.ways or ("course,no-compile,no-block-compile" if args.generate else "course")).split(",")
+    ways = (args.ways or ("course,no-compile" if args.generate else "course")).split(",")
     if unknown := [w for w in ways if w not in known]:
         parser.error(f"--ways {','.join(unknown)}: choose among {', '.join(known)}")
     if args.one:

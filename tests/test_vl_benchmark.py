@@ -61,7 +61,32 @@ def test_the_generation_timing_writes_exactly_the_tokens_asked_in_each_way(monke
         # nothing compiles on the transformers path; the count is there to show unsloth's recompiling
         assert way["graphs_compiled_first"] == way["graphs_compiled_repeat"] == 0
     # the way that turns unsloth's compiled modules off does it through the measuring process's environment
-    assert bench.GENERATE_WAYS["no-compile"] == ({}, {"UNSLOTH_COMPILE_DISABLE": "1"})
+    assert bench.GENERATE_WAYS["no-compile"][:2] == ({}, {"UNSLOTH_COMPILE_DISABLE": "1"})
+
+
+def test_the_force_eager_way_compiles_nothing_that_torch_compile_wrapped(monkeypatch):
+    """A layer wrapped in torch.compile, as unsloth wraps parts of the model: the course's way builds
+    graphs for it, the force-eager way none, and both write the same caption."""
+    import torch
+
+    bench = load_benchmark("vl_step")
+    real = vision.load_vl_model
+
+    def with_a_compiled_layer(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        layer = loaded[0].model.language_model.layers[0]
+        layer.forward = torch.compile(layer.forward, backend="eager", dynamic=True)
+        return loaded
+
+    monkeypatch.setattr(vision, "load_vl_model", with_a_compiled_layer)
+    torch._dynamo.reset()
+    result = bench.measure_generation(str(vision.make_tiny_vl_model()), "transformers", "t4", 128 * 128,
+                                      new_tokens=4, ways=["course", "force-eager"])
+    torch._dynamo.reset()
+    course, eager = result["ways"]
+    assert course["graphs_compiled_first"] > 0
+    assert eager["graphs_compiled_first"] == eager["graphs_compiled_repeat"] == 0
+    assert course["first_caption"] == eager["first_caption"]
 
 
 def test_generate_captions_passes_generate_arguments_on_to_generate(monkeypatch):
