@@ -67,8 +67,6 @@ def test_the_generation_timing_writes_exactly_the_tokens_asked_in_each_way(monke
 def test_the_force_eager_way_compiles_nothing_that_torch_compile_wrapped(monkeypatch):
     """A layer wrapped in torch.compile, as unsloth wraps parts of the model: the course's way builds
     graphs for it, the force-eager way none, and both write the same caption."""
-    import torch
-
     bench = load_benchmark("vl_step")
     real = vision.load_vl_model
 
