@@ -130,10 +130,12 @@ class Budget:
     def left(self) -> float:
         return self.seconds - self.spent()
 
-    def run(self, command: list[str], **label) -> dict:
-        """``run_isolated`` with the seconds left, or the row of a measurement the budget left out."""
+    def run(self, command: list[str], env: dict[str, str] | None = None, **label) -> dict:
+        """``run_isolated`` (in ``env``) with the seconds left, or the row of a measurement left out."""
         left = self.left()
-        return {**label, "error": NOT_RUN} if left < self.floor else run_isolated(command, left, **label)
+        if left < self.floor:
+            return {**label, "error": NOT_RUN}
+        return run_isolated(command, left, env=env, **label)
 
 
 def last_line(error: str) -> str:

@@ -52,6 +52,7 @@ def test_each_generation_path_reaches_the_trainer_and_shows_in_the_table(bench, 
     shape = bench.setting("t4", generations=2, completion=4)
     result = bench.measure(str(folder), "transformers", "t4", shape, steps=1, generation_path="dynamic-cache")
     assert result["generation"] == "dynamic-cache" and result["mean_completion_tokens"] == 4
+    assert result["environment"] == {}  # a way that sets no switch
     assert result["generation_share"] is not None and 0 < result["generation_share"] < 1
     cut = {"backend": "unsloth", "setting": "t4", "generation": "continuous", "error": "not run"}
     table = bench.render({"rows": [{**result, "setting": "t4"}, cut]}, None)
@@ -62,17 +63,19 @@ def test_each_generation_path_reaches_the_trainer_and_shows_in_the_table(bench, 
 
 
 def test_the_whole_script_measures_in_a_fresh_process_and_reports_what_its_budget_left_out(tmp_path):
-    """The trainer logs dicts to stdout too: the measurement's own JSON, printed last, is what comes back."""
+    """The trainer logs dicts to stdout too: the measurement's own JSON, printed last, is what comes back.
+    The no-compile way's switch must reach that fresh process (unsloth reads it on import there)."""
     script = [sys.executable, str(ROOT / "benchmarks" / "grpo_step.py"), "--tiny",
               "--backends", "transformers", "--settings", "t4", "--generations", "2", "--max-completion", "4",
               "--steps", "1"]
     out = tmp_path / "grpo.json"
-    done = subprocess.run([*script, "--generation", "dynamic-cache", "--budget", "900", "--out", str(out)],
+    done = subprocess.run([*script, "--generation", "no-compile", "--budget", "900", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1000)
     assert done.returncode == 0, done.stderr[-2000:]
     [row] = json.loads(out.read_text())
     assert "error" not in row, row["error"][-500:]
-    assert row["setting"] == "t4" and row["generation"] == "dynamic-cache" and row["seconds_per_step"] > 0
+    assert row["setting"] == "t4" and row["generation"] == "no-compile" and row["seconds_per_step"] > 0
+    assert row["environment"] == {"UNSLOTH_COMPILE_DISABLE": "1"}
 
     done = subprocess.run([*script, "--generation", "course,continuous", "--budget", "5", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
