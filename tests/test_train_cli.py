@@ -57,6 +57,26 @@ def test_a_notebook_saved_as_knobs_plans_the_same_run(tmp_path, monkeypatch, les
                                                     if lesson == "grpo" else "BATCH_SIZE"))
 
 
+def test_06s_plan_sets_unsloths_compile_switch_before_any_cell_loads_a_model(tmp_path, monkeypatch, capsys):
+    """unsloth reads UNSLOTH_COMPILE_DISABLE once, on import: 06's plan sets it from its knob, says when it
+    comes too late, and no recipe cell before the plan can load unsloth."""
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    monkeypatch.delenv("UNSLOTH_COMPILE_DISABLE", raising=False)
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    notebook.run_recipe("grpo", {"PROFILE": "cpu"}, tag="plan")
+    assert os.environ["UNSLOTH_COMPILE_DISABLE"] == "1"  # the default: off (docs/benchmarks.md, table 18)
+    assert "already loaded" not in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "unsloth", object())  # a kernel where unsloth was imported before
+    notebook.run_recipe("grpo", {"PROFILE": "cpu", "UNSLOTH_COMPILE": True}, tag="plan")
+    assert os.environ["UNSLOTH_COMPILE_DISABLE"] == "0"
+    assert "takes effect after a restart" in capsys.readouterr().out
+    recipe = notebook.code_cells(notebook.notebook_path("grpo"), "recipe")
+    loads = ("load_policy(", "load_text_model(", "load_vl_model(", "import unsloth", "from unsloth")
+    first_load = next(i for i, source in enumerate(recipe) if any(call in source for call in loads))
+    setter = next(i for i, source in enumerate(recipe) if "UNSLOTH_COMPILE_DISABLE" in source)
+    assert setter < first_load
+
+
 def test_the_launch_command_asks_for_two_gpus_where_this_machine_has_fewer(monkeypatch, tmp_path):
     import torch
 
