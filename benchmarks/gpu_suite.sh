@@ -21,7 +21,8 @@
 #   WEIGHTS, GC       the rest of the throughput grid (default bf16,4bit and on,off; e.g. GC=off later)
 #   NOTEBOOKS         notebooks for memory (default 03,05,06; 02 adds the evaluation batch)
 #   PROFILES          profiles for memory (default t4,24gb)
-#   GENERATION        ways grpo generates (default course,continuous,dynamic-cache; see grpo_step.py)
+#   GENERATION        ways grpo generates (default course,no-compile,static-cache,dynamic-cache; continuous
+#                     fails with fp16 training, docs/benchmarks.md table 10; see grpo_step.py)
 #   PROMPTS           questions a GRPO step (default 1,4: 06's PROMPTS_PER_STEP)
 #   VL_WAYS           ways vl trains (default course,no-compile,no-block-compile; see vl_step.py)
 #   DEADLINE          seconds for the whole call (default 580)
@@ -94,8 +95,8 @@ for part in $PARTS; do
         b=$(budget 300)  # the first step of each way compiles the model
         run grpo "$((b + 30))" "$PY" benchmarks/grpo_step.py --model Qwen/Qwen3-1.7B --random \
             --tokenizer "$TOK" --settings t4 --backends "${BACKENDS//transformers,/}" --steps 2 --budget "$b" \
-            --generation "${GENERATION:-course,continuous,dynamic-cache}" --prompts-per-step "${PROMPTS:-1,4}" \
-            --report "$OUT" ;;
+            --generation "${GENERATION:-course,no-compile,static-cache,dynamic-cache}" \
+            --prompts-per-step "${PROMPTS:-1,4}" --report "$OUT" ;;
     batching)  # do packed rows stay apart (each backend); then padding-free against padded, real lengths
         b=$(budget 300)
         run batching "$((b + 30))" "$PY" benchmarks/sft_step.py --model Qwen/Qwen3-1.7B --random \
