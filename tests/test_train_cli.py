@@ -59,7 +59,7 @@ def test_a_notebook_saved_as_knobs_plans_the_same_run(tmp_path, monkeypatch, les
 
 def test_06s_plan_sets_unsloths_compile_switch_before_any_cell_loads_a_model(tmp_path, monkeypatch, capsys):
     """unsloth reads UNSLOTH_COMPILE_DISABLE once, on import: 06's plan sets it from its knob, says when it
-    comes too late, and no recipe cell before the plan can load unsloth."""
+    comes too late, and no cell before the plan (in a learner's kernel or the command's) can load unsloth."""
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
     monkeypatch.delenv("UNSLOTH_COMPILE_DISABLE", raising=False)
     monkeypatch.delitem(sys.modules, "unsloth", raising=False)
@@ -70,10 +70,10 @@ def test_06s_plan_sets_unsloths_compile_switch_before_any_cell_loads_a_model(tmp
     notebook.run_recipe("grpo", {"PROFILE": "cpu", "UNSLOTH_COMPILE": True}, tag="plan")
     assert os.environ["UNSLOTH_COMPILE_DISABLE"] == "0"
     assert "takes effect after a restart" in capsys.readouterr().out
-    recipe = notebook.code_cells(notebook.notebook_path("grpo"), "recipe")
+    cells = notebook.code_cells(notebook.notebook_path("grpo"))  # every cell: the notebook runs them all
     loads = ("load_policy(", "load_text_model(", "load_vl_model(", "import unsloth", "from unsloth")
-    first_load = next(i for i, source in enumerate(recipe) if any(call in source for call in loads))
-    setter = next(i for i, source in enumerate(recipe) if "UNSLOTH_COMPILE_DISABLE" in source)
+    first_load = next(i for i, source in enumerate(cells) if any(call in source for call in loads))
+    setter = next(i for i, source in enumerate(cells) if "UNSLOTH_COMPILE_DISABLE" in source)
     assert setter < first_load
 
 
