@@ -1,6 +1,7 @@
 """The GRPO benchmark script's CPU path: the same code the GPU run takes, minus CUDA and unsloth."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,22 @@ def test_the_whole_script_measures_in_a_fresh_process_and_reports_what_its_budge
     assert [(r["generation"], r["error"]) for r in rows] == [("course", "not run (time budget)"),
                                                              ("continuous", "not run (time budget)")]
     assert "| t4 | transformers | continuous | failed: not run (time budget)" in done.stdout
+
+
+@pytest.mark.parametrize("last, before", [(None, []), ("1", ["peft", "transformers"])])
+def test_the_unsloth_imported_last_way_loads_transformers_and_peft_before_unsloth(bench, tmp_path, last,
+                                                                                   before):
+    """A stand-in unsloth records what was imported before it: nothing in the course's way, transformers
+    and peft in the notebooks' order (the one unsloth warns about)."""
+    record = "print('before:', sorted(m for m in ('peft', 'transformers', 'trl') if m in sys.modules))"
+    (tmp_path / "unsloth.py").write_text(f"import sys\n{record}\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "COURSE_BENCH_UNSLOTH_LAST"}
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
+    if last:
+        env["COURSE_BENCH_UNSLOTH_LAST"] = last
+    code = "from benchmarks.grpo_step import import_unsloth; import_unsloth()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"before: {before}" in done.stdout
+    assert bench.GENERATIONS["unsloth-imported-last"] == ({}, {"COURSE_BENCH_UNSLOTH_LAST": "1"})
