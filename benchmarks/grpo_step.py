@@ -174,6 +174,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
         args = GRPOConfig(
             output_dir=out, max_steps=warmup + steps, seed=0, report_to="none", save_strategy="no",
             per_device_train_batch_size=prompts * shape["generations"], num_generations=shape["generations"],
+            gradient_accumulation_steps=1,  # as 06 does: unsloth's GRPOConfig would accumulate 2
             max_completion_length=shape["completion"], temperature=1.0, beta=0.04, learning_rate=5e-6,
             optim="adamw_8bit" if cuda else "adamw_torch", gradient_checkpointing=False, logging_steps=1,
             bf16=cuda and dtype == "bfloat16", fp16=cuda and dtype == "float16",
@@ -189,14 +190,16 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     logged = [e for e in trainer.state.log_history if "completions/mean_length" in e][warmup:]
     mean_length = sum(e["completions/mean_length"] for e in logged) / max(len(logged), 1)
     seconds = sum(times) / max(len(times), 1)
+    answers = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps  # a step's
     return {
         "backend": loaded_with, **shape, "steps": len(times), "generation": generation_path,
         "load_in_4bit": shape["load_in_4bit"] and cuda, "dtype": dtype,  # as loaded (a CPU has no 4-bit)
         "seconds_per_step": seconds, "step_seconds": times,
         "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
         "mean_completion_tokens": mean_length,
-        "generated_tokens_per_s": prompts * shape["generations"] * mean_length / seconds if seconds else None,
-        "seconds_per_answer": seconds / (prompts * shape["generations"]),
+        "generated_tokens_per_s": answers * mean_length / seconds if seconds else None,
+        "seconds_per_answer": seconds / answers,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
         # None when the trainer never called the wrapped method (a trainer that generates elsewhere)
         "generation_share": (generation.seconds - timer.generating_before) / sum(times)
         if generation.calls and times else None,

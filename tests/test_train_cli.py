@@ -196,3 +196,31 @@ def test_the_command_on_one_and_on_two_processes_trains_what_the_notebook_trains
     assert [step for step, _ in one["held_out_loss_curve"]] == [3]  # the held-out loss is in the recipe too
     assert two["stdout"].count("metrics in") == 1  # only the first process reports and saves
     assert (tmp_path / "two" / "sft-adapter" / "adapter_config.json").is_file()
+
+
+def test_06s_grpo_configs_train_one_batch_a_step_whatever_default_the_config_class_has(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """On a GPU unsloth swaps trl.GRPOConfig for its own, whose gradient accumulation defaults to 2: each
+    step would then quietly train on twice the questions. 06's text and VL configs run here with such a
+    stand-in class: a step must stay PROMPTS_PER_STEP × NUM_GENERATIONS answers, and the print must say so."""
+    import trl
+
+    class AccumulatingByDefault(trl.GRPOConfig):
+        def __init__(self, *args, gradient_accumulation_steps: int = 2, **kwargs):
+            super().__init__(*args, gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    monkeypatch.setattr(trl, "GRPOConfig", AccumulatingByDefault)
+    assert AccumulatingByDefault(output_dir=str(tmp_path), use_cpu=True).gradient_accumulation_steps == 2
+    ns = notebook.run_recipe("grpo", {"PROFILE": "cpu", "PROMPTS_PER_STEP": 2, "NUM_GENERATIONS": 3},
+                             tag=("plan", "rewards"))
+    ns.update(vl_weights=ns["weights"], vl_reward_funcs=ns["reward_funcs"])  # the VL cell's own, stood in
+    configs = [c for c in notebook.code_cells("grpo") if "GRPOConfig(" in c]
+    assert len(configs) == 2, "06 has a text and a VL GRPOConfig cell"
+    capsys.readouterr()
+    for source, name in zip(configs, ("args", "vl_args"), strict=True):
+        exec(compile(source, "06 config cell", "exec"), ns)
+        assert isinstance(ns[name], AccumulatingByDefault)
+        assert training.effective_batch(ns[name]) == 6 and ns[name].gradient_accumulation_steps == 1
+    printed = capsys.readouterr().out
+    assert "6 answers per step (2 question(s) × 3)" in printed and "6 answers per step," in printed
