@@ -131,7 +131,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     from helpers import notebook
     from helpers.datasets import load_grpo_items
     from helpers.models import add_lora, count_parameters, load_text_model
-    from helpers.training import fp32_adapters_for_fp16
+    from helpers.training import effective_batch, fp32_adapters_for_fp16
 
     cuda = torch.cuda.is_available()
     dtype = shape["dtype"] if cuda else "float32"
@@ -190,7 +190,7 @@ def measure(folder: str, backend: str, name: str, shape: dict, steps: int, warmu
     logged = [e for e in trainer.state.log_history if "completions/mean_length" in e][warmup:]
     mean_length = sum(e["completions/mean_length"] for e in logged) / max(len(logged), 1)
     seconds = sum(times) / max(len(times), 1)
-    answers = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps  # a step's
+    answers = effective_batch(trainer.args)  # what one optimizer step trains on
     return {
         "backend": loaded_with, **shape, "steps": len(times), "generation": generation_path,
         "load_in_4bit": shape["load_in_4bit"] and cuda, "dtype": dtype,  # as loaded (a CPU has no 4-bit)
