@@ -51,6 +51,8 @@ def setting(name: str, generations: int | None = None, completion: int | None = 
                 r=p.lora_r, seq=completion + 512, prompts=prompts)  # seq: room for the prompt
 
 
+UNSLOTH_LAST = "COURSE_BENCH_UNSLOTH_LAST"  # "1": import transformers and peft before unsloth
+
 GENERATIONS = {  # --generation → (GRPOConfig arguments, environment of the measuring process)
     "course": ({}, {}),
     "continuous": ({"use_transformers_continuous_batching": True}, {}),
@@ -59,14 +61,14 @@ GENERATIONS = {  # --generation → (GRPOConfig arguments, environment of the me
     # without unsloth's compiled modules: read on import, so it holds for the whole step, training included
     "no-compile": ({}, {"UNSLOTH_COMPILE_DISABLE": "1"}),
     # the notebooks' import order: helpers.clock brings transformers and peft in before unsloth loads
-    "unsloth-imported-last": ({}, {"COURSE_BENCH_UNSLOTH_LAST": "1"}),
+    "unsloth-imported-last": ({}, {UNSLOTH_LAST: "1"}),
 }
 
 
 def import_unsloth() -> None:
     """Import unsloth before transformers and peft (it patches them, and TRL, on import), or after them
-    where the process measures the notebooks' order (COURSE_BENCH_UNSLOTH_LAST=1)."""
-    if os.environ.get("COURSE_BENCH_UNSLOTH_LAST") == "1":
+    where the process measures the notebooks' order (UNSLOTH_LAST set to "1")."""
+    if os.environ.get(UNSLOTH_LAST) == "1":
         import peft  # noqa: F401
         import transformers  # noqa: F401
     import unsloth  # noqa: F401
