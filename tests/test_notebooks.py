@@ -138,6 +138,9 @@ def test_06_trains_the_vl_model_with_grpo_reads_its_numbers_out_and_07_shows_it(
     assert images == 1 and cells["nb06-vl-15"][1] == 1  # the answers beside their images; the bars
     assert re.search(r"step +\d+/\d+ · reward [+-]\d", cells["nb06-vl-11"][0])  # one line per step
     assert vl["steps"] == get_profile("cpu").grpo_vl_steps
+    # The notebook's time is printed once, at its end: section 12 says the VL part is still to come.
+    assert "section 13 trains the VL model next" in cells["nb06-35"][0]
+    assert [cell for cell, (text, _) in cells.items() if "This notebook took" in text] == ["nb06-vl-15"]
     assert (cpu_course.run / "vl-grpo-adapter" / "adapter_config.json").is_file()
     # 07: a vl-grpo column in the image tab, and the recap row.
     demo = _printed(executed / "07_demo.ipynb")
